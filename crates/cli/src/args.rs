@@ -1,0 +1,210 @@
+//! Command-line arguments. Parsing only validates; `run` resolves them into crate configs.
+
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+const STORE_HEADING: &str = "Object store";
+
+/// cairn: a distributed POSIX filesystem over object storage.
+#[derive(Parser, Debug)]
+#[command(name = "cairn", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("CAIRN_GIT_COMMIT"), ")"), propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// All-in-one: metadata server and a local block store under DIR/.cairn, mounted at DIR/mnt.
+    Up(UpArgs),
+    /// Metadata server.
+    #[command(subcommand)]
+    Meta(MetaCommand),
+    /// Mount client.
+    #[command(subcommand)]
+    Mount(MountCommand),
+    /// Admin server (not available yet).
+    Admin(NotYet),
+    /// Caching proxy server (not available yet).
+    Proxy(NotYet),
+    /// Client of the admin API (not available yet).
+    Configure(NotYet),
+    /// Install and control the servers as systemd units (not available yet).
+    Manage(NotYet),
+    /// Update this binary from the admin server (not available yet).
+    Update(NotYet),
+    /// Kubernetes CSI driver (not available yet).
+    Csi(NotYet),
+}
+
+/// Arguments of a command that does not exist yet.
+#[derive(Args, Debug)]
+pub struct NotYet {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub rest: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Folder to hold everything: DIR/.cairn (state) and DIR/mnt (the mount).
+    #[arg(required_unless_present = "stop")]
+    pub dir: Option<PathBuf>,
+    /// Stop the filesystem that `cairn up DIR` started, and unmount it.
+    #[arg(long, value_name = "DIR", conflicts_with = "dir")]
+    pub stop: Option<PathBuf>,
+    /// Keep running in this terminal; Ctrl-C stops and unmounts.
+    #[arg(long)]
+    pub foreground: bool,
+    /// Block store instead of DIR/.cairn/blocks, e.g. s3://bucket/prefix (AWS_* variables give credentials).
+    #[arg(long, value_name = "URL", help_heading = STORE_HEADING)]
+    pub store: Option<String>,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Internal: report readiness on stdout (used when forking into the background).
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetaCommand {
+    /// Run the metadata server in the foreground.
+    Serve(ServeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:7420")]
+    pub bind_addr: SocketAddr,
+    /// Database folder. Only one server may use it at a time.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Volume this server holds; created on first start with the settings below.
+    #[arg(long, default_value = "default")]
+    pub volume: String,
+    #[command(flatten)]
+    pub volume_settings: VolumeSettings,
+    /// fsync every commit before acknowledging it. Without it, commits are grouped and made
+    /// durable every --flush-interval: a crash of the server's host can lose the commits of
+    /// the last interval (a crash of the server process alone loses nothing).
+    #[arg(long)]
+    pub sync: bool,
+    /// Without --sync: how often commits are made durable.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub flush_interval: std::time::Duration,
+}
+
+/// Settings fixed when a volume is created.
+#[derive(Args, Debug, Clone)]
+pub struct VolumeSettings {
+    /// Block size of a new volume: 256KiB, 512KiB, 1MiB, 2MiB, 4MiB or 8MiB.
+    #[arg(long, default_value = "4MiB", value_parser = parse_block_size)]
+    pub block_size: u32,
+    /// Compression of new blocks: zstd, zstd:LEVEL (1-19), lz4 or none.
+    #[arg(long, default_value = "zstd", value_parser = parse_compression)]
+    pub compression: String,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MountCommand {
+    /// Mount a volume. Returns once the mount is live, leaving a daemon (unless --foreground).
+    Start(MountArgs),
+    /// Unmount cleanly: open files are flushed and the daemon exits.
+    Stop(StopArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MountArgs {
+    /// Volume name.
+    pub volume: String,
+    /// Where to mount: an existing, empty directory.
+    pub mountpoint: PathBuf,
+    /// Metadata server address, host:port.
+    #[arg(long, env = "CAIRN_META")]
+    pub meta: String,
+    /// Where the volume's blocks live: file:///abs/path or s3://bucket[/prefix].
+    #[arg(long, value_name = "URL", help_heading = STORE_HEADING, env = "CAIRN_STORE")]
+    pub store: String,
+    #[command(flatten)]
+    pub s3: S3Args,
+    /// Stay in the foreground (logs to stderr unless --log-file).
+    #[arg(long)]
+    pub foreground: bool,
+    /// Log file [default: /var/log/cairn/mount-<volume>.log when in the background].
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Mount over a non-empty directory.
+    #[arg(long)]
+    pub nonempty: bool,
+    /// Memory for cached blocks, e.g. 512MiB.
+    #[arg(long, default_value = "512MiB", value_parser = parse_size)]
+    pub cache_size: u64,
+    /// How long operations wait for an unreachable metadata server before failing with EIO.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    pub meta_timeout: std::time::Duration,
+    /// Internal: report readiness on stdout (used when forking into the background).
+    #[arg(long, hide = true)]
+    pub notify_ready: bool,
+}
+
+#[derive(Args, Debug, Clone, Default)]
+pub struct S3Args {
+    /// S3 endpoint, e.g. http://127.0.0.1:8333 [default: AWS].
+    #[arg(long, value_name = "URL", help_heading = STORE_HEADING, env = "CAIRN_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region [default: us-east-1].
+    #[arg(long, help_heading = STORE_HEADING, env = "CAIRN_S3_REGION")]
+    pub s3_region: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct StopArgs {
+    /// The mount point to unmount.
+    pub mountpoint: PathBuf,
+}
+
+/// Sizes like 4MiB, 512KiB, 1G, 4096.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size: use a number with an optional unit, e.g. 4MiB"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("`{s}` has an unknown unit: use KiB, MiB, GiB or TiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    let n = parse_size(s)?;
+    const OK: [u64; 6] = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20];
+    if !OK.contains(&n) {
+        return Err(format!("block size `{s}` is not supported: use 256KiB, 512KiB, 1MiB, 2MiB, 4MiB or 8MiB"));
+    }
+    Ok(n as u32)
+}
+
+fn parse_compression(s: &str) -> Result<String, String> {
+    s.parse::<cairn_blocks::Compression>().map(|c| c.to_string()).map_err(|e| e.to_string())
+}
+
+/// Durations like 500ms, 1s, 10m, 2h.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 1s, 10m"))?;
+    Ok(match unit {
+        "ms" => std::time::Duration::from_millis(n),
+        "" | "s" => std::time::Duration::from_secs(n),
+        "m" => std::time::Duration::from_secs(n * 60),
+        "h" => std::time::Duration::from_secs(n * 3600),
+        _ => return Err(format!("`{s}` has an unknown unit: use ms, s, m or h")),
+    })
+}

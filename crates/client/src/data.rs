@@ -1,0 +1,699 @@
+//! The client core: namespace calls, and the write buffer and read path of file contents.
+//!
+//! Per inode, a mount keeps one [`FileState`] while the file is open here:
+//! - `dirty`: blocks changed by writes, not yet uploaded (whole-block buffers; a partial write to
+//!   a block that has data first reads the block, so an upload always carries the whole block);
+//! - `pending`: blocks uploading or uploaded but not yet committed to the block map, with their
+//!   bytes, so reads and later partial writes see them;
+//! - `size` and `mtime` as this mount has made them.
+//!
+//! A block that a write fills is uploaded at once in the background, bounded by a mount-wide
+//! semaphore (backpressure on the writer). Pending blocks are committed in batches while writing
+//! continues, and all of them at flush/fsync/close. Reads look in `dirty`, then `pending`, then
+//! the block map (cached per open, refreshed at open: close-to-open consistency) and the
+//! in-memory cache of decoded blocks; sequential reads prefetch a growing window of blocks.
+
+use crate::rpc::{MetaClient, RpcConfig};
+use bytes::Bytes;
+use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, StoreConfig};
+use cairn_proto::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::Duration;
+use tokio::sync::{Mutex, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+
+/// Settings of a mount client.
+#[derive(Clone, Debug)]
+pub struct ClientConfig {
+    /// Metadata server and session settings.
+    pub rpc: RpcConfig,
+    /// Where the volume's blocks live.
+    pub store: StoreConfig,
+    /// Bytes of decoded blocks kept in memory, shared by all files.
+    pub cache_bytes: u64,
+    /// Most blocks uploading at once, mount-wide.
+    pub max_uploads: usize,
+    /// Largest read-ahead window, in blocks.
+    pub max_readahead_blocks: u64,
+}
+
+impl ClientConfig {
+    /// Defaults for everything but the addresses.
+    pub fn new(rpc: RpcConfig, store: StoreConfig) -> Self {
+        ClientConfig { rpc, store, cache_bytes: 512 << 20, max_uploads: 16, max_readahead_blocks: 8 }
+    }
+}
+
+/// The answer to an open: attributes and whether the kernel may keep its page cache.
+#[derive(Clone, Debug)]
+pub struct Opened {
+    /// Attributes at open.
+    pub attr: Attr,
+}
+
+type UploadResult = Result<BlockRef, RpcError>;
+
+struct Pending {
+    data: Bytes,
+    task: Option<JoinHandle<UploadResult>>,
+    done: Option<BlockRef>,
+}
+
+#[derive(Default)]
+struct FileInner {
+    dirty: BTreeMap<u64, Vec<u8>>,
+    pending: BTreeMap<u64, Pending>,
+    /// Size as this mount sees it (server size at open, grown by local writes).
+    size: u64,
+    /// A local change not yet committed.
+    changed: bool,
+    mtime: Option<Timestamp>,
+    /// Cached block map entries (index -> ref) and whether the whole map is loaded.
+    map: HashMap<u64, BlockRef>,
+    map_loaded: bool,
+    opens: u32,
+    /// Sequential-read detection and read-ahead window.
+    next_seq_offset: u64,
+    ra_window: u64,
+    ra_issued_to: u64,
+    /// First error of a background upload, reported at the next flush.
+    error: Option<RpcError>,
+}
+
+struct FileState {
+    inner: Mutex<FileInner>,
+}
+
+type BlockCache = quick_cache::sync::Cache<(Ino, u64, u64), Bytes, BytesWeighter>;
+
+#[derive(Clone)]
+struct BytesWeighter;
+impl quick_cache::Weighter<(Ino, u64, u64), Bytes> for BytesWeighter {
+    fn weight(&self, _k: &(Ino, u64, u64), v: &Bytes) -> u64 {
+        v.len().max(1) as u64
+    }
+}
+
+/// The mount-client core.
+pub struct Client {
+    rpc: Arc<MetaClient>,
+    store: BlockStore,
+    volume: VolumeInfo,
+    bs: u64,
+    cache: Arc<BlockCache>,
+    files: StdMutex<HashMap<Ino, Arc<FileState>>>,
+    uploads: Arc<Semaphore>,
+    max_ra: u64,
+    /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
+    no_caps: StdMutex<std::collections::HashSet<Ino>>,
+}
+
+fn io_err(what: impl std::fmt::Display) -> RpcError {
+    RpcError::new(ErrorCode::Io, what.to_string())
+}
+
+fn unexpected(r: Reply) -> RpcError {
+    RpcError::new(ErrorCode::Internal, format!("unexpected reply {r:?}"))
+}
+
+impl Client {
+    /// Connect to the metadata server, open the block store and check that it is usable.
+    pub async fn connect(cfg: ClientConfig) -> Result<Arc<Client>, RpcError> {
+        let rpc = MetaClient::connect(cfg.rpc.clone()).await?;
+        let volume = rpc.volume();
+        let compression: Compression = volume
+            .compression
+            .parse()
+            .map_err(|e| RpcError::new(ErrorCode::Invalid, format!("volume compression `{}`: {e}", volume.compression)))?;
+        let store = BlockStore::open(&cfg.store, &volume.name, BlockCodec::new(compression))
+            .map_err(|e| RpcError::new(ErrorCode::Invalid, e.to_string()))?;
+        store.check().await.map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?;
+        let cache = Arc::new(BlockCache::with_weighter(
+            (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
+            cfg.cache_bytes,
+            BytesWeighter,
+        ));
+        Ok(Arc::new(Client {
+            rpc,
+            store,
+            bs: u64::from(volume.block_size),
+            volume,
+            cache,
+            files: StdMutex::default(),
+            uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            max_ra: cfg.max_readahead_blocks,
+            no_caps: StdMutex::default(),
+        }))
+    }
+
+    /// The volume's settings.
+    pub fn volume(&self) -> &VolumeInfo {
+        &self.volume
+    }
+
+    /// Where blocks go, for logs.
+    pub fn store_description(&self) -> String {
+        self.store.describe()
+    }
+
+    async fn call_attr(&self, req: Request) -> Result<Attr, RpcError> {
+        match self.rpc.call(req).await? {
+            Reply::Attr(a) => Ok(a),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn call_empty(&self, req: Request) -> Result<(), RpcError> {
+        match self.rpc.call(req).await? {
+            Reply::Empty => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    fn file(&self, ino: Ino) -> Option<Arc<FileState>> {
+        self.files.lock().expect("files lock").get(&ino).cloned()
+    }
+
+    /// Overlay this mount's uncommitted size and mtime on server attributes.
+    async fn overlay(&self, mut attr: Attr) -> Attr {
+        if let Some(f) = self.file(attr.ino) {
+            let inner = f.inner.lock().await;
+            if inner.changed {
+                attr.size = inner.size;
+                if let Some(m) = inner.mtime {
+                    attr.mtime = m;
+                    attr.ctime = attr.ctime.max(m);
+                }
+            }
+        }
+        attr
+    }
+
+    /// Find `name` in `parent`.
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
+        let a = self.call_attr(Request::Lookup { parent, name: name.to_vec() }).await?;
+        Ok(self.overlay(a).await)
+    }
+
+    /// Attributes of `ino`.
+    pub async fn getattr(&self, ino: Ino) -> Result<Attr, RpcError> {
+        let a = self.call_attr(Request::GetAttr { ino }).await?;
+        Ok(self.overlay(a).await)
+    }
+
+    /// Change attributes. A size change first commits this mount's buffered writes.
+    pub async fn setattr(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
+        let file = self.file(ino);
+        if let Some(f) = &file {
+            let mut inner = f.inner.lock().await;
+            if set.size.is_some() || set.mtime.is_some() {
+                self.flush_locked(ino, &mut inner).await?;
+            }
+            let a = self.call_attr(Request::SetAttr { ino, set: set.clone(), caller }).await?;
+            if set.size.is_some() {
+                inner.size = a.size;
+                inner.map.clear();
+                inner.map_loaded = false;
+            }
+            return Ok(a);
+        }
+        self.call_attr(Request::SetAttr { ino, set, caller }).await
+    }
+
+    /// Create a non-directory node. With `open`, the file is also opened for this mount.
+    pub async fn mknod(&self, parent: Ino, name: &[u8], kind: FileKind, perm: u32, rdev: u32, caller: Caller, open: bool) -> Result<Attr, RpcError> {
+        let a = self.call_attr(Request::Mknod { parent, name: name.to_vec(), kind, perm, rdev, caller, open }).await?;
+        if open {
+            self.track_open(&a).await;
+        }
+        Ok(a)
+    }
+
+    /// Create a directory.
+    pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, caller: Caller) -> Result<Attr, RpcError> {
+        self.call_attr(Request::Mkdir { parent, name: name.to_vec(), perm, caller }).await
+    }
+
+    /// Remove a file name.
+    pub async fn unlink(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
+        self.call_empty(Request::Unlink { parent, name: name.to_vec(), caller }).await
+    }
+
+    /// Remove an empty directory.
+    pub async fn rmdir(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
+        self.call_empty(Request::Rmdir { parent, name: name.to_vec(), caller }).await
+    }
+
+    /// Rename with `rename_flags`.
+    pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32, caller: Caller) -> Result<(), RpcError> {
+        self.call_empty(Request::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, caller })
+            .await
+    }
+
+    /// New hard link.
+    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8], caller: Caller) -> Result<Attr, RpcError> {
+        let a = self.call_attr(Request::Link { ino, new_parent, new_name: new_name.to_vec(), caller }).await?;
+        Ok(self.overlay(a).await)
+    }
+
+    /// New symlink.
+    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, RpcError> {
+        self.call_attr(Request::Symlink { parent, name: name.to_vec(), target: target.to_vec(), caller }).await
+    }
+
+    /// Symlink target.
+    pub async fn readlink(&self, ino: Ino) -> Result<Vec<u8>, RpcError> {
+        match self.rpc.call(Request::ReadLink { ino }).await? {
+            Reply::Data(d) => Ok(d),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Directory entries after `cookie`, with attributes when `plus`.
+    pub async fn readdir(&self, ino: Ino, cookie: u64, plus: bool) -> Result<(Vec<DirEntry>, bool), RpcError> {
+        match self.rpc.call(Request::ReadDir { ino, cookie, limit: 1024, plus }).await? {
+            Reply::Dir { mut entries, eof } => {
+                if plus {
+                    for e in &mut entries {
+                        if let Some(a) = e.attr.take() {
+                            e.attr = Some(self.overlay(a).await);
+                        }
+                    }
+                }
+                Ok((entries, eof))
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Filesystem statistics.
+    pub async fn statfs(&self) -> Result<StatFs, RpcError> {
+        match self.rpc.call(Request::StatFs).await? {
+            Reply::StatFs(s) => Ok(s),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Set an xattr.
+    pub async fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<(), RpcError> {
+        self.no_caps.lock().expect("caps lock").remove(&ino);
+        self.call_empty(Request::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), flags }).await
+    }
+
+    /// Value of an xattr.
+    pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, RpcError> {
+        let caps = name == b"security.capability";
+        if caps && self.no_caps.lock().expect("caps lock").contains(&ino) {
+            return Err(ErrorCode::NoXattr.into());
+        }
+        match self.rpc.call(Request::GetXattr { ino, name: name.to_vec() }).await {
+            Ok(Reply::Data(d)) => Ok(d),
+            Ok(r) => Err(unexpected(r)),
+            Err(e) => {
+                if caps && e.code == ErrorCode::NoXattr {
+                    self.no_caps.lock().expect("caps lock").insert(ino);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Names of all xattrs.
+    pub async fn listxattr(&self, ino: Ino) -> Result<Vec<Vec<u8>>, RpcError> {
+        match self.rpc.call(Request::ListXattr { ino }).await? {
+            Reply::Names(n) => Ok(n),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Remove an xattr.
+    pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), RpcError> {
+        self.call_empty(Request::RemoveXattr { ino, name: name.to_vec() }).await
+    }
+
+    async fn track_open(&self, attr: &Attr) {
+        let f = {
+            let mut files = self.files.lock().expect("files lock");
+            files.entry(attr.ino).or_insert_with(|| Arc::new(FileState { inner: Mutex::new(FileInner::default()) })).clone()
+        };
+        let mut inner = f.inner.lock().await;
+        if inner.opens == 0 && !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty() {
+            // Close-to-open: a fresh open sees the server's current size and block map.
+            inner.size = attr.size;
+            inner.map.clear();
+            inner.map_loaded = false;
+            inner.next_seq_offset = 0;
+            inner.ra_window = 0;
+            inner.ra_issued_to = 0;
+        }
+        inner.opens += 1;
+    }
+
+    /// Open a file: the server keeps it alive while open, even if unlinked.
+    pub async fn open(&self, ino: Ino) -> Result<Opened, RpcError> {
+        let attr = self.call_attr(Request::Open { ino }).await?;
+        if attr.kind == FileKind::File {
+            self.track_open(&attr).await;
+        }
+        Ok(Opened { attr: self.overlay(attr).await })
+    }
+
+    /// Close one open of a file: commits buffered writes, then tells the server.
+    pub async fn release(&self, ino: Ino) -> Result<(), RpcError> {
+        let mut result = Ok(());
+        if let Some(f) = self.file(ino) {
+            let mut inner = f.inner.lock().await;
+            result = self.flush_locked(ino, &mut inner).await;
+            inner.opens = inner.opens.saturating_sub(1);
+            if inner.opens == 0 && result.is_ok() {
+                self.files.lock().expect("files lock").remove(&ino);
+            }
+        }
+        let released = self.call_empty(Request::Release { ino }).await;
+        result.and(released)
+    }
+
+    /// Make every write so far durable and committed (flush, fsync).
+    pub async fn flush(&self, ino: Ino) -> Result<(), RpcError> {
+        if let Some(f) = self.file(ino) {
+            let mut inner = f.inner.lock().await;
+            self.flush_locked(ino, &mut inner).await?;
+        }
+        Ok(())
+    }
+
+    fn key(&self, ino: Ino, index: u64, version: u64) -> BlockKey {
+        BlockKey { ino, index, version }
+    }
+
+    /// Start uploading block `index` with `data` in the background.
+    async fn start_upload(&self, ino: Ino, inner: &mut FileInner, index: u64, data: Vec<u8>) {
+        let data = Bytes::from(data);
+        let permit = self.uploads.clone().acquire_owned().await.expect("semaphore never closed");
+        let version = rand::random::<u64>() | 1;
+        let key = self.key(ino, index, version);
+        let (store, cache, body) = (self.store.clone(), self.cache.clone(), data.clone());
+        let len = data.len() as u32;
+        let task = tokio::spawn(async move {
+            let _permit = permit;
+            store.put(&key, body.clone()).await.map_err(|e| {
+                warn!(ino, index, "block upload failed: {e}");
+                io_err(format!("upload block {index} of inode {ino}: {e}"))
+            })?;
+            cache.insert((ino, index, version), body);
+            Ok(BlockRef { index, version, len })
+        });
+        if let Some(old) = inner.pending.insert(index, Pending { data, task: Some(task), done: None }) {
+            // A newer version replaces one never committed: its object is garbage now.
+            self.discard_pending(ino, old);
+        }
+    }
+
+    fn discard_pending(&self, ino: Ino, old: Pending) {
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let r = match (old.done, old.task) {
+                (Some(r), _) => Some(r),
+                (None, Some(t)) => t.await.ok().and_then(|r| r.ok()),
+                _ => None,
+            };
+            if let Some(r) = r {
+                let _ = store.delete(&BlockKey { ino, index: r.index, version: r.version }).await;
+            }
+        });
+    }
+
+    /// Wait for every pending upload and commit them with the current size.
+    async fn commit_pending(&self, ino: Ino, inner: &mut FileInner) -> Result<(), RpcError> {
+        let mut refs = Vec::with_capacity(inner.pending.len());
+        let mut first_err = inner.error.take();
+        for p in inner.pending.values_mut() {
+            if p.done.is_none() {
+                if let Some(t) = p.task.take() {
+                    match t.await {
+                        Ok(Ok(r)) => p.done = Some(r),
+                        Ok(Err(e)) => {
+                            first_err.get_or_insert(e);
+                        }
+                        Err(e) => {
+                            first_err.get_or_insert(io_err(format!("upload task failed: {e}")));
+                        }
+                    }
+                }
+            }
+            if let Some(r) = p.done {
+                refs.push(r);
+            }
+        }
+        if let Some(e) = first_err {
+            // Uploads that failed go back to dirty so that a later flush retries them.
+            let failed: Vec<u64> = inner.pending.iter().filter(|(_, p)| p.done.is_none()).map(|(i, _)| *i).collect();
+            for i in failed {
+                if let Some(p) = inner.pending.remove(&i) {
+                    inner.dirty.entry(i).or_insert_with(|| p.data.to_vec());
+                }
+            }
+            return Err(e);
+        }
+        let mtime = inner.mtime.unwrap_or_else(Timestamp::now);
+        let attr = self.call_attr(Request::CommitWrite { ino, blocks: refs.clone(), size: inner.size, mtime }).await?;
+        for r in refs {
+            inner.map.insert(r.index, r);
+        }
+        inner.pending.clear();
+        inner.size = inner.size.max(attr.size);
+        Ok(())
+    }
+
+    async fn flush_locked(&self, ino: Ino, inner: &mut FileInner) -> Result<(), RpcError> {
+        if !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty() && inner.error.is_none() {
+            return Ok(());
+        }
+        let dirty = std::mem::take(&mut inner.dirty);
+        for (index, data) in dirty {
+            self.start_upload(ino, inner, index, data).await;
+        }
+        self.commit_pending(ino, inner).await?;
+        inner.changed = false;
+        inner.mtime = None;
+        Ok(())
+    }
+
+    /// Load the block map entries of blocks `[first, first+count)` into the cache of `inner`.
+    async fn load_map(&self, ino: Ino, inner: &mut FileInner, first: u64, count: u64) -> Result<(), RpcError> {
+        if inner.map_loaded {
+            return Ok(());
+        }
+        // Small files: load the whole map at once.
+        let total = inner.size.div_ceil(self.bs);
+        let (first, count) = if total <= 256 { (0, total.max(1)) } else { (first, count.max(64)) };
+        match self.rpc.call(Request::GetBlocks { ino, first, count }).await? {
+            Reply::Blocks { blocks, .. } => {
+                for b in blocks {
+                    inner.map.entry(b.index).or_insert(b);
+                }
+                if first == 0 && count >= total {
+                    inner.map_loaded = true;
+                }
+                Ok(())
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    async fn fetch(&self, ino: Ino, r: BlockRef) -> Result<Bytes, RpcError> {
+        let key = (ino, r.index, r.version);
+        if let Some(b) = self.cache.get(&key) {
+            return Ok(b);
+        }
+        let guard = match self.cache.get_value_or_guard_async(&key).await {
+            Ok(b) => return Ok(b),
+            Err(g) => g,
+        };
+        let data = self.store.get(&self.key(ino, r.index, r.version)).await.map_err(|e| {
+            warn!(ino, index = r.index, version = r.version, "block read failed: {e}");
+            io_err(format!("read block {} of inode {ino}: {e}", r.index))
+        })?;
+        let _ = guard.insert(data.clone());
+        Ok(data)
+    }
+
+    /// Bytes of block `index` as the file has them, from `inner`'s buffers, or a ref to fetch.
+    fn local_block(inner: &FileInner, index: u64) -> Option<Bytes> {
+        if let Some(d) = inner.dirty.get(&index) {
+            return Some(Bytes::copy_from_slice(d));
+        }
+        inner.pending.get(&index).map(|p| p.data.clone())
+    }
+
+    /// Read up to `len` bytes at `offset`.
+    pub async fn read(self: &Arc<Self>, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>, RpcError> {
+        let Some(f) = self.file(ino) else {
+            return Err(RpcError::new(ErrorCode::Stale, "read of a file that is not open"));
+        };
+        let bs = self.bs;
+        enum Src {
+            Local(Bytes),
+            Remote(BlockRef),
+            Hole,
+        }
+        let (plan, size, prefetch) = {
+            let mut inner = f.inner.lock().await;
+            let size = inner.size;
+            if offset >= size || len == 0 {
+                return Ok(Vec::new());
+            }
+            let end = (offset + u64::from(len)).min(size);
+            let (first, last) = (offset / bs, (end - 1) / bs);
+            let mut plan = Vec::new();
+            for index in first..=last {
+                if let Some(b) = Self::local_block(&inner, index) {
+                    plan.push((index, Src::Local(b)));
+                    continue;
+                }
+                if !inner.map.contains_key(&index) && !inner.map_loaded {
+                    self.load_map(ino, &mut inner, index, last - index + 1 + self.max_ra).await?;
+                }
+                plan.push((index, inner.map.get(&index).map_or(Src::Hole, |r| Src::Remote(*r))));
+            }
+            // Sequential detection: grow the read-ahead window on each sequential read.
+            let mut prefetch = Vec::new();
+            if offset == inner.next_seq_offset && self.max_ra > 0 {
+                inner.ra_window = (inner.ra_window * 2).clamp(1, self.max_ra);
+                let from = (last + 1).max(inner.ra_issued_to);
+                let to = (last + 1 + inner.ra_window).min(size.div_ceil(bs));
+                for index in from..to {
+                    if Self::local_block(&inner, index).is_some() {
+                        continue;
+                    }
+                    if !inner.map.contains_key(&index) && !inner.map_loaded {
+                        self.load_map(ino, &mut inner, index, to - index + self.max_ra).await?;
+                    }
+                    if let Some(r) = inner.map.get(&index) {
+                        prefetch.push(*r);
+                    }
+                }
+                inner.ra_issued_to = inner.ra_issued_to.max(to);
+            } else {
+                inner.ra_window = 0;
+                inner.ra_issued_to = 0;
+            }
+            inner.next_seq_offset = end;
+            (plan, size, prefetch)
+        };
+        for r in prefetch {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = me.fetch(ino, r).await {
+                    debug!("read-ahead of block {} failed: {}", r.index, e.message);
+                }
+            });
+        }
+        let end = (offset + u64::from(len)).min(size);
+        let fetches = plan.into_iter().map(|(index, src)| {
+            let me = self.clone();
+            async move {
+                let data = match src {
+                    Src::Local(b) => b,
+                    Src::Hole => Bytes::new(),
+                    Src::Remote(r) => {
+                        let b = me.fetch(ino, r).await?;
+                        b.slice(..(r.len as usize).min(b.len()))
+                    }
+                };
+                Ok::<_, RpcError>((index, data))
+            }
+        });
+        let blocks = futures::future::try_join_all(fetches).await?;
+        let mut out = vec![0u8; (end - offset) as usize];
+        for (index, data) in blocks {
+            let bstart = index * bs;
+            let from = offset.max(bstart);
+            let to = end.min(bstart + bs);
+            let src_from = (from - bstart) as usize;
+            let src_to = ((to - bstart) as usize).min(data.len());
+            if src_from < src_to {
+                let dst = (from - offset) as usize;
+                out[dst..dst + (src_to - src_from)].copy_from_slice(&data[src_from..src_to]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Write `data` at `offset`; returns the bytes accepted (all of them).
+    pub async fn write(self: &Arc<Self>, ino: Ino, offset: u64, data: &[u8]) -> Result<u32, RpcError> {
+        let Some(f) = self.file(ino) else {
+            return Err(RpcError::new(ErrorCode::Stale, "write to a file that is not open"));
+        };
+        let bs = self.bs;
+        let mut inner = f.inner.lock().await;
+        if let Some(e) = inner.error.clone() {
+            return Err(e);
+        }
+        let end = offset + data.len() as u64;
+        let mut pos = offset;
+        while pos < end {
+            let index = pos / bs;
+            let bstart = index * bs;
+            let in_off = (pos - bstart) as usize;
+            let n = ((bstart + bs).min(end) - pos) as usize;
+            if !inner.dirty.contains_key(&index) {
+                let base = self.block_base(ino, &mut inner, index, in_off, n).await?;
+                inner.dirty.insert(index, base);
+            }
+            let buf = inner.dirty.get_mut(&index).expect("inserted above");
+            if buf.len() < in_off + n {
+                buf.resize(in_off + n, 0);
+            }
+            let src = (pos - offset) as usize;
+            buf[in_off..in_off + n].copy_from_slice(&data[src..src + n]);
+            let full = buf.len() as u64 == bs;
+            pos += n as u64;
+            if full {
+                let buf = inner.dirty.remove(&index).expect("present");
+                self.start_upload(ino, &mut inner, index, buf).await;
+            }
+        }
+        inner.size = inner.size.max(end);
+        inner.changed = true;
+        inner.mtime = Some(Timestamp::now());
+        // Keep memory bounded: commit finished uploads once enough are pending.
+        if inner.pending.len() as u64 >= 2 * self.max_ra.max(4) {
+            self.commit_pending(ino, &mut inner).await?;
+        }
+        Ok(data.len() as u32)
+    }
+
+    /// The current bytes of block `index` before a write of `n` bytes at `in_off` changes it:
+    /// empty when the write covers all the data the block has.
+    async fn block_base(&self, ino: Ino, inner: &mut FileInner, index: u64, in_off: usize, n: usize) -> Result<Vec<u8>, RpcError> {
+        let bstart = index * self.bs;
+        if bstart >= inner.size {
+            return Ok(Vec::new());
+        }
+        let existing = (inner.size - bstart).min(self.bs) as usize;
+        if in_off == 0 && n >= existing {
+            return Ok(Vec::new());
+        }
+        if let Some(p) = inner.pending.get(&index) {
+            return Ok(p.data.to_vec());
+        }
+        if !inner.map.contains_key(&index) && !inner.map_loaded {
+            self.load_map(ino, inner, index, 1).await?;
+        }
+        let mut base = match inner.map.get(&index).copied() {
+            Some(r) => {
+                let b = self.fetch(ino, r).await?;
+                b[..(r.len as usize).min(b.len())].to_vec()
+            }
+            None => Vec::new(),
+        };
+        base.resize(existing, 0);
+        Ok(base)
+    }
+}
+
+/// Default patience with an unreachable metadata server.
+pub const DEFAULT_META_RETRY: Duration = Duration::from_secs(600);

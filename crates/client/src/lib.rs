@@ -1,0 +1,17 @@
+//! cairn mount-client core: everything a mount does, without the kernel.
+//!
+//! [`Client`] answers filesystem requests with reply-shaped values; the FUSE adapter
+//! (`cairn-fuse`) only translates. It talks to the metadata server through [`rpc::MetaClient`]
+//! and moves file contents as blocks through `cairn-blocks`, straight to object storage.
+//!
+//! Invariants:
+//! - This crate never imports `fuser`; errors are `cairn_proto::RpcError` codes, which only the
+//!   adapter maps to errno.
+//! - A block is committed to the block map only after its object is durable in the store.
+//! - flush, fsync and close return an error until every byte written before them is durable
+//!   and committed; the data stays buffered so that a later flush can try again.
+
+pub mod data;
+pub mod rpc;
+
+pub use data::{Client, ClientConfig, Opened};

@@ -1,0 +1,255 @@
+//! The metadata RPC client: one multiplexed connection, reconnect with backoff, session resume.
+//!
+//! Every call gets a request id; a reader task matches replies to waiting callers. When the
+//! connection breaks, every waiting call fails with a transport error and is sent again on the
+//! next connection, which resumes the same session (`Hello` with the old session id). Calls wait
+//! and retry for up to `retry_for` before giving up with `Unavailable`, so a metadata server
+//! restart makes operations pause, not fail.
+//!
+//! Mutations carry (session, sequence number). The server that stores each outcome with its
+//! change makes a resent mutation apply once; until then a resent mutation may report the
+//! error its first application causes (e.g. `Exists` for a create that did land).
+
+use cairn_proto::frame;
+use cairn_proto::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Mutex};
+use tracing::{info, warn};
+
+type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Response>>>>;
+
+struct Conn {
+    tx: mpsc::Sender<Vec<u8>>,
+    pending: Pending,
+    generation: u64,
+    /// Set by the reader task when the connection ends, before it fails the waiters.
+    dead: Arc<AtomicBool>,
+}
+
+/// Settings of the metadata client.
+#[derive(Clone, Debug)]
+pub struct RpcConfig {
+    /// `host:port` of the metadata server.
+    pub addr: String,
+    /// Volume to open.
+    pub volume: String,
+    /// Host and mount point, shown in the server's session list.
+    pub client_name: String,
+    /// How long calls wait for an unreachable server before failing.
+    pub retry_for: Duration,
+    /// How long one connection attempt may take.
+    pub connect_timeout: Duration,
+}
+
+/// A connection to the metadata server that survives the server's restarts.
+pub struct MetaClient {
+    cfg: RpcConfig,
+    conn: Mutex<Option<Arc<Conn>>>,
+    session: AtomicU64,
+    seq: AtomicU64,
+    next_id: AtomicU64,
+    generation: AtomicU64,
+    volume: StdMutex<Option<VolumeInfo>>,
+    lost: AtomicBool,
+}
+
+/// Why a connection attempt or a call on a connection failed.
+#[derive(Debug)]
+enum Transport {
+    /// Could not connect, or the connection broke: retry.
+    Broken(String),
+    /// The server answered the handshake with an error: do not retry.
+    Refused(RpcError),
+}
+
+impl MetaClient {
+    /// Connect and open a session; fails fast (no long retry) so that a mount with a wrong
+    /// address reports it at once.
+    pub async fn connect(cfg: RpcConfig) -> Result<Arc<MetaClient>, RpcError> {
+        let client = Arc::new(MetaClient {
+            cfg,
+            conn: Mutex::new(None),
+            session: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            generation: AtomicU64::new(0),
+            volume: StdMutex::new(None),
+            lost: false.into(),
+        });
+        let mut last = String::new();
+        for attempt in 0..3 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            match client.get_conn().await {
+                Ok(_) => return Ok(client),
+                Err(Transport::Refused(e)) => return Err(e),
+                Err(Transport::Broken(e)) => last = e,
+            }
+        }
+        Err(RpcError::new(
+            ErrorCode::Unavailable,
+            format!(
+                "cannot reach the metadata server at {}: {last}; check --meta and that `cairn meta serve` is running there",
+                client.cfg.addr
+            ),
+        ))
+    }
+
+    /// The volume's settings, as the server sent them.
+    pub fn volume(&self) -> VolumeInfo {
+        self.volume.lock().expect("volume lock").clone().expect("connected before use")
+    }
+
+    /// This client's session id.
+    pub fn session(&self) -> u64 {
+        self.session.load(Ordering::Relaxed)
+    }
+
+    async fn get_conn(&self) -> Result<Arc<Conn>, Transport> {
+        let mut guard = self.conn.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if !c.tx.is_closed() && !c.dead.load(Ordering::Acquire) {
+                return Ok(c.clone());
+            }
+        }
+        *guard = None;
+        let conn = self.open_conn().await?;
+        *guard = Some(conn.clone());
+        if self.lost.swap(false, Ordering::Relaxed) {
+            info!(addr = %self.cfg.addr, session = self.session(), "metadata server connection is back");
+        }
+        Ok(conn)
+    }
+
+    async fn open_conn(&self) -> Result<Arc<Conn>, Transport> {
+        let sock = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr))
+            .await
+            .map_err(|_| Transport::Broken("connection timed out".into()))?
+            .map_err(|e| Transport::Broken(e.to_string()))?;
+        let _ = sock.set_nodelay(true);
+        let (mut rd, mut wr) = sock.into_split();
+        let resume = match self.session.load(Ordering::Relaxed) {
+            0 => None,
+            s => Some(s),
+        };
+        let hello = Envelope {
+            session: 0,
+            seq: 0,
+            request: Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                volume: self.cfg.volume.clone(),
+                session: resume,
+                client: self.cfg.client_name.clone(),
+            },
+        };
+        let buf = frame::encode(0, &hello).map_err(|e| Transport::Broken(e.to_string()))?;
+        wr.write_all(&buf).await.map_err(|e| Transport::Broken(e.to_string()))?;
+        let reply = tokio::time::timeout(self.cfg.connect_timeout, frame::read_frame(&mut rd))
+            .await
+            .map_err(|_| Transport::Broken("no answer to the handshake".into()))?
+            .map_err(|e| Transport::Broken(e.to_string()))?
+            .ok_or_else(|| Transport::Broken("server closed the connection".into()))?;
+        let resp: Response = frame::decode(&reply.1).map_err(|e| Transport::Broken(e.to_string()))?;
+        match resp {
+            Ok(Reply::Hello { session, volume }) => {
+                self.session.store(session, Ordering::Relaxed);
+                *self.volume.lock().expect("volume lock") = Some(volume);
+            }
+            Ok(other) => return Err(Transport::Broken(format!("unexpected handshake reply {other:?}"))),
+            Err(e) => return Err(Transport::Refused(e)),
+        }
+        let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let pending: Pending = Arc::default();
+        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
+        tokio::spawn(async move {
+            while let Some(buf) = rx.recv().await {
+                if wr.write_all(&buf).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let pend = pending.clone();
+        let dead = Arc::new(AtomicBool::new(false));
+        let dead_flag = dead.clone();
+        tokio::spawn(async move {
+            loop {
+                match frame::read_frame(&mut rd).await {
+                    Ok(Some((id, body))) => {
+                        let resp: Response = match frame::decode(&body) {
+                            Ok(r) => r,
+                            Err(e) => {
+                                warn!("malformed reply from the metadata server: {e}");
+                                break;
+                            }
+                        };
+                        if let Some(w) = pend.lock().expect("pending lock").remove(&id) {
+                            let _ = w.send(resp);
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            // Wake every waiter: its call is resent on a new connection.
+            dead_flag.store(true, Ordering::Release);
+            pend.lock().expect("pending lock").clear();
+        });
+        Ok(Arc::new(Conn { tx, pending, generation, dead }))
+    }
+
+    async fn drop_conn(&self, generation: u64) {
+        let mut guard = self.conn.lock().await;
+        if guard.as_ref().is_some_and(|c| c.generation == generation) {
+            *guard = None;
+        }
+    }
+
+    /// Send a request and wait for its answer, across reconnects.
+    pub async fn call(&self, request: Request) -> Result<Reply, RpcError> {
+        let seq = if request.is_mutation() { self.seq.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let err = match self.get_conn().await {
+                Ok(conn) => {
+                    let env = Envelope { session: self.session(), seq, request: request.clone() };
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let buf = frame::encode(id, &env).map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
+                    let (wtx, wrx) = oneshot::channel();
+                    conn.pending.lock().expect("pending lock").insert(id, wtx);
+                    if conn.dead.load(Ordering::Acquire) || conn.tx.send(buf).await.is_err() {
+                        conn.pending.lock().expect("pending lock").remove(&id);
+                        self.drop_conn(conn.generation).await;
+                        "connection closed".to_string()
+                    } else {
+                        match wrx.await {
+                            Ok(resp) => return resp,
+                            Err(_) => {
+                                self.drop_conn(conn.generation).await;
+                                "connection lost".to_string()
+                            }
+                        }
+                    }
+                }
+                Err(Transport::Refused(e)) => return Err(e),
+                Err(Transport::Broken(e)) => e,
+            };
+            if !self.lost.swap(true, Ordering::Relaxed) {
+                warn!(addr = %self.cfg.addr, "lost the metadata server ({err}); operations wait and retry");
+            }
+            if started.elapsed() > self.cfg.retry_for {
+                return Err(RpcError::new(
+                    ErrorCode::Unavailable,
+                    format!("metadata server at {} unreachable for {:?}: {err}", self.cfg.addr, self.cfg.retry_for),
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}

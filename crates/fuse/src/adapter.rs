@@ -1,0 +1,507 @@
+use cairn_client::Client;
+use cairn_proto::{Attr, Caller, ErrorCode, FileKind, RpcError, SetAttr, TimeSet, Timestamp};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
+    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::runtime::Handle;
+use tracing::{warn, Instrument};
+
+/// How long the kernel may trust attributes and entries before asking again.
+const TTL: Duration = Duration::from_secs(1);
+
+/// Largest read and write request the kernel sends (1 MiB).
+const MAX_IO: u32 = 1 << 20;
+
+/// The errno for a cairn error code: the only place this mapping exists.
+pub fn errno(code: ErrorCode) -> Errno {
+    match code {
+        ErrorCode::NotFound => Errno::ENOENT,
+        ErrorCode::Exists => Errno::EEXIST,
+        ErrorCode::NotDir => Errno::ENOTDIR,
+        ErrorCode::IsDir => Errno::EISDIR,
+        ErrorCode::NotEmpty => Errno::ENOTEMPTY,
+        ErrorCode::AccessDenied => Errno::EACCES,
+        ErrorCode::NotPermitted => Errno::EPERM,
+        ErrorCode::Invalid => Errno::EINVAL,
+        ErrorCode::NameTooLong => Errno::ENAMETOOLONG,
+        ErrorCode::NoXattr => Errno::ENODATA,
+        // setxattr/getxattr sizes: the kernel itself turns oversized buffers into ERANGE; what
+        // reaches us is a value or name over the limit, which Linux reports as E2BIG.
+        ErrorCode::TooBig => Errno::E2BIG,
+        ErrorCode::TooManyLinks => Errno::EMLINK,
+        ErrorCode::NoSpace => Errno::ENOSPC,
+        ErrorCode::Stale => Errno::ESTALE,
+        ErrorCode::ReadOnly => Errno::EROFS,
+        ErrorCode::Unsupported => Errno::EOPNOTSUPP,
+        ErrorCode::Io | ErrorCode::Internal => Errno::EIO,
+        // The metadata server stayed unreachable past the client's patience.
+        ErrorCode::Unavailable => Errno::EIO,
+    }
+}
+
+fn reply_err(op: &str, e: &RpcError) -> Errno {
+    match e.code {
+        ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unavailable => warn!(op, "failed: {}", e.message),
+        _ => {}
+    }
+    errno(e.code)
+}
+
+fn kind(k: FileKind) -> FileType {
+    match k {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::CharDev => FileType::CharDevice,
+        FileKind::BlockDev => FileType::BlockDevice,
+        FileKind::Socket => FileType::Socket,
+    }
+}
+
+fn attr(a: &Attr) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(a.ino),
+        size: a.size,
+        blocks: a.size.div_ceil(512),
+        atime: a.atime.into(),
+        mtime: a.mtime.into(),
+        ctime: a.ctime.into(),
+        crtime: a.crtime.into(),
+        kind: kind(a.kind),
+        perm: (a.perm & 0o7777) as u16,
+        nlink: a.nlink,
+        uid: a.uid,
+        gid: a.gid,
+        rdev: a.rdev,
+        blksize: MAX_IO,
+        flags: 0,
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+}
+
+fn time_set(t: TimeOrNow) -> TimeSet {
+    match t {
+        TimeOrNow::Now => TimeSet::Now,
+        TimeOrNow::SpecificTime(t) => TimeSet::At(Timestamp::from(t)),
+    }
+}
+
+/// The FUSE filesystem: a translator in front of [`Client`].
+pub struct CairnFuse {
+    client: Arc<Client>,
+    rt: Handle,
+}
+
+impl CairnFuse {
+    /// Serve `client` with futures run on `rt`.
+    pub fn new(client: Arc<Client>, rt: Handle) -> Self {
+        CairnFuse { client, rt }
+    }
+
+    fn spawn<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let span = tracing::warn_span!("fuse", op, ino);
+        self.rt.spawn(f(self.client.clone()).instrument(span));
+    }
+}
+
+fn name(n: &OsStr) -> Vec<u8> {
+    n.as_bytes().to_vec()
+}
+
+impl Filesystem for CairnFuse {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_IO);
+        let _ = config.set_max_readahead(MAX_IO);
+        let _ = config.set_max_background(64);
+        let wanted = InitFlags::FUSE_PARALLEL_DIROPS
+            | InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_CACHE_SYMLINKS
+            | InitFlags::FUSE_ASYNC_DIO;
+        let _ = config.add_capabilities(wanted & config.capabilities());
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
+        let n = name(n);
+        self.spawn("lookup", parent.0, move |c| async move {
+            match c.lookup(parent.0, &n).await {
+                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                // An expected miss: not worth a log line.
+                Err(e) => reply.error(reply_err("lookup", &e)),
+            }
+        });
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.spawn("getattr", ino.0, move |c| async move {
+            match c.getattr(ino.0).await {
+                Ok(a) => reply.attr(&TTL, &attr(&a)),
+                Err(e) => reply.error(reply_err("getattr", &e)),
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let set = SetAttr {
+            mode: mode.map(|m| m & 0o7777),
+            uid,
+            gid,
+            size,
+            atime: atime.map(time_set),
+            mtime: mtime.map(time_set),
+            ctime: ctime.map(Timestamp::from),
+        };
+        let who = caller(req);
+        self.spawn("setattr", ino.0, move |c| async move {
+            match c.setattr(ino.0, set, who).await {
+                Ok(a) => reply.attr(&TTL, &attr(&a)),
+                Err(e) => reply.error(reply_err("setattr", &e)),
+            }
+        });
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.spawn("readlink", ino.0, move |c| async move {
+            match c.readlink(ino.0).await {
+                Ok(t) => reply.data(&t),
+                Err(e) => reply.error(reply_err("readlink", &e)),
+            }
+        });
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+        let Some(k) = FileKind::from_mode(mode) else {
+            reply.error(Errno::EINVAL);
+            return;
+        };
+        let (n, who) = (name(n), caller(req));
+        self.spawn("mknod", parent.0, move |c| async move {
+            match c.mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false).await {
+                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(reply_err("mknod", &e)),
+            }
+        });
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+        let (n, who) = (name(n), caller(req));
+        self.spawn("mkdir", parent.0, move |c| async move {
+            match c.mkdir(parent.0, &n, mode & 0o7777, who).await {
+                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(reply_err("mkdir", &e)),
+            }
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let (n, who) = (name(n), caller(req));
+        self.spawn("unlink", parent.0, move |c| async move {
+            match c.unlink(parent.0, &n, who).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("unlink", &e)),
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let (n, who) = (name(n), caller(req));
+        self.spawn("rmdir", parent.0, move |c| async move {
+            match c.rmdir(parent.0, &n, who).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("rmdir", &e)),
+            }
+        });
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (n, t, who) = (name(link_name), target.as_os_str().as_bytes().to_vec(), caller(req));
+        self.spawn("symlink", parent.0, move |c| async move {
+            match c.symlink(parent.0, &n, &t, who).await {
+                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(reply_err("symlink", &e)),
+            }
+        });
+    }
+
+    fn rename(&self, req: &Request, parent: INodeNo, n: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+        let (n, nn, who) = (name(n), name(newname), caller(req));
+        let flags = flags.bits();
+        let mut wire = 0;
+        if flags & libc::RENAME_NOREPLACE != 0 {
+            wire |= cairn_proto::rename_flags::NOREPLACE;
+        }
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            wire |= cairn_proto::rename_flags::EXCHANGE;
+        }
+        if flags & !(libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE) != 0 {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        self.spawn("rename", parent.0, move |c| async move {
+            match c.rename(parent.0, &n, newparent.0, &nn, wire, who).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("rename", &e)),
+            }
+        });
+    }
+
+    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        let (nn, who) = (name(newname), caller(req));
+        self.spawn("link", ino.0, move |c| async move {
+            match c.link(ino.0, newparent.0, &nn, who).await {
+                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                Err(e) => reply.error(reply_err("link", &e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.spawn("open", ino.0, move |c| async move {
+            match c.open(ino.0).await {
+                // No KEEP_CACHE: each open drops the kernel's page cache (close-to-open).
+                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(reply_err("open", &e)),
+            }
+        });
+    }
+
+    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+        self.spawn("read", ino.0, move |c| async move {
+            match c.read(ino.0, offset, size).await {
+                Ok(d) => reply.data(&d),
+                Err(e) => reply.error(reply_err("read", &e)),
+            }
+        });
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let data = data.to_vec();
+        self.spawn("write", ino.0, move |c| async move {
+            match c.write(ino.0, offset, &data).await {
+                Ok(n) => reply.written(n),
+                Err(e) => reply.error(reply_err("write", &e)),
+            }
+        });
+    }
+
+    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+        self.spawn("flush", ino.0, move |c| async move {
+            match c.flush(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("flush", &e)),
+            }
+        });
+    }
+
+    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+        self.spawn("release", ino.0, move |c| async move {
+            match c.release(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("release", &e)),
+            }
+        });
+    }
+
+    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn("fsync", ino.0, move |c| async move {
+            match c.flush(ino.0).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("fsync", &e)),
+            }
+        });
+    }
+
+    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        self.spawn("readdir", ino.0, move |c| async move {
+            // Offsets: 1 is ".", 2 is "..", then the server's stable cookies (all >= 3).
+            if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(ino, 2, FileType::Directory, "..") {
+                return reply.ok();
+            }
+            let mut cookie = offset.max(2);
+            loop {
+                match c.readdir(ino.0, cookie, false).await {
+                    Ok((entries, eof)) => {
+                        for e in &entries {
+                            if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                                return reply.ok();
+                            }
+                            cookie = e.cookie;
+                        }
+                        if eof || entries.is_empty() {
+                            return reply.ok();
+                        }
+                    }
+                    Err(e) => return reply.error(reply_err("readdir", &e)),
+                }
+            }
+        });
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        self.spawn("readdirplus", ino.0, move |c| async move {
+            let dot = match c.getattr(ino.0).await {
+                Ok(a) => attr(&a),
+                Err(e) => return reply.error(reply_err("readdirplus", &e)),
+            };
+            // "." and ".." carry no lookup count in the kernel; their attributes are the
+            // directory's own (the kernel ignores those of "..").
+            if offset < 1 && reply.add(ino, 1, ".", &TTL, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            if offset < 2 && reply.add(ino, 2, "..", &TTL, &dot, Generation(0)) {
+                return reply.ok();
+            }
+            let mut cookie = offset.max(2);
+            loop {
+                match c.readdir(ino.0, cookie, true).await {
+                    Ok((entries, eof)) => {
+                        for e in &entries {
+                            let Some(a) = &e.attr else { continue };
+                            if reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &TTL, &attr(a), Generation(a.generation)) {
+                                return reply.ok();
+                            }
+                            cookie = e.cookie;
+                        }
+                        if eof || entries.is_empty() {
+                            return reply.ok();
+                        }
+                    }
+                    Err(e) => return reply.error(reply_err("readdirplus", &e)),
+                }
+            }
+        });
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.spawn("statfs", 1, move |c| async move {
+            match c.statfs().await {
+                Ok(s) => {
+                    let bsize = 4096u64;
+                    let blocks = s.total_bytes / bsize;
+                    let used = s.used_bytes.div_ceil(bsize);
+                    let free = blocks.saturating_sub(used);
+                    let ffree = s.total_inodes.saturating_sub(s.used_inodes);
+                    reply.statfs(blocks, free, free, s.total_inodes, ffree, bsize as u32, cairn_proto::NAME_MAX as u32, bsize as u32)
+                }
+                Err(e) => reply.error(reply_err("statfs", &e)),
+            }
+        });
+    }
+
+    fn setxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+        let (n, v) = (name(n), value.to_vec());
+        let mut wire = 0;
+        if flags & libc::XATTR_CREATE != 0 {
+            wire |= cairn_proto::xattr_flags::CREATE;
+        }
+        if flags & libc::XATTR_REPLACE != 0 {
+            wire |= cairn_proto::xattr_flags::REPLACE;
+        }
+        self.spawn("setxattr", ino.0, move |c| async move {
+            match c.setxattr(ino.0, &n, &v, wire).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("setxattr", &e)),
+            }
+        });
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
+        let n = name(n);
+        self.spawn("getxattr", ino.0, move |c| async move {
+            match c.getxattr(ino.0, &n).await {
+                Ok(v) if size == 0 => reply.size(v.len() as u32),
+                Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
+                Ok(v) => reply.data(&v),
+                Err(e) => reply.error(reply_err("getxattr", &e)),
+            }
+        });
+    }
+
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.spawn("listxattr", ino.0, move |c| async move {
+            match c.listxattr(ino.0).await {
+                Ok(names) => {
+                    let mut buf = Vec::new();
+                    for n in names {
+                        buf.extend_from_slice(&n);
+                        buf.push(0);
+                    }
+                    if size == 0 {
+                        reply.size(buf.len() as u32)
+                    } else if buf.len() > size as usize {
+                        reply.error(Errno::ERANGE)
+                    } else {
+                        reply.data(&buf)
+                    }
+                }
+                Err(e) => reply.error(reply_err("listxattr", &e)),
+            }
+        });
+    }
+
+    fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
+        let n = name(n);
+        self.spawn("removexattr", ino.0, move |c| async move {
+            match c.removexattr(ino.0, &n).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("removexattr", &e)),
+            }
+        });
+    }
+
+    fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+        let (n, who) = (name(n), caller(req));
+        self.spawn("create", parent.0, move |c| async move {
+            match c.mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true).await {
+                Ok(a) => reply.created(&TTL, &attr(&a), Generation(a.generation), FileHandle(0), FopenFlags::empty()),
+                Err(e) => reply.error(reply_err("create", &e)),
+            }
+        });
+    }
+}
