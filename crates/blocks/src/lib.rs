@@ -1,0 +1,34 @@
+//! Block storage for cairn: the codec that turns a file's block into an object (compress,
+//! checksum), the layout of block keys in the store, and every access to object storage.
+//!
+//! File contents are cut into fixed-size blocks (per volume, 256 KiB to 8 MiB). Each block is
+//! written once, as one immutable object named by its [`BlockKey`]; a rewrite gets a new version
+//! and so a new object. The metadata server's block map says which versions are current.
+//!
+//! Invariants:
+//! - This crate is the only code in cairn that touches object storage (STYLE 1.4); the store is
+//!   one `Arc<dyn ObjectStore>` built from decorators (see [`store`]).
+//! - Bytes that fail verification are never returned as data: [`BlockStore::get`] checks the
+//!   length and both checksums of every block, re-reads once, then reports
+//!   [`BlockError::Corrupt`].
+//! - [`BlockStore::put`] returns Ok only when the block is durable in the store, and may be
+//!   repeated with the same bytes (create-if-absent, then read back and compare).
+//! - Decoding never panics on hostile bytes.
+//!
+//! It never knows about files, inodes or the metadata server beyond the numbers in a key.
+//!
+//! Modules: [`codec`] (the object format), [`key`] (object paths), [`store`] (the store and how
+//! blocks are written and read), `retry` (the retrying decorator), [`error`].
+
+pub mod codec;
+pub mod error;
+#[cfg(test)]
+mod faults;
+pub mod key;
+mod retry;
+pub mod store;
+
+pub use codec::{BlockCodec, CodecError, Compression, ParseCompressionError};
+pub use error::BlockError;
+pub use key::BlockKey;
+pub use store::{BlockStore, StoreConfig};
