@@ -93,6 +93,10 @@ pub struct ServeArgs {
     /// Without --sync: how often commits are made durable.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub flush_interval: std::time::Duration,
+    /// A mount not heard from for this long loses its session: its locks are released and
+    /// the unlinked files it kept open are freed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub session_timeout: std::time::Duration,
 }
 
 /// Settings fixed when a volume is created.
@@ -169,29 +173,40 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size: use a number with an optional unit, e.g. 4MiB"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("`{s}` is not a size: use a number with an optional unit, e.g. 4MiB")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "k" | "kb" | "kib" => 1 << 10,
         "m" | "mb" | "mib" => 1 << 20,
         "g" | "gb" | "gib" => 1 << 30,
         "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("`{s}` has an unknown unit: use KiB, MiB, GiB or TiB")),
+        _ => {
+            return Err(format!(
+                "`{s}` has an unknown unit: use KiB, MiB, GiB or TiB"
+            ))
+        }
     };
-    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("`{s}` is too large"))
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
     let n = parse_size(s)?;
     const OK: [u64; 6] = [256 << 10, 512 << 10, 1 << 20, 2 << 20, 4 << 20, 8 << 20];
     if !OK.contains(&n) {
-        return Err(format!("block size `{s}` is not supported: use 256KiB, 512KiB, 1MiB, 2MiB, 4MiB or 8MiB"));
+        return Err(format!(
+            "block size `{s}` is not supported: use 256KiB, 512KiB, 1MiB, 2MiB, 4MiB or 8MiB"
+        ));
     }
     Ok(n as u32)
 }
 
 fn parse_compression(s: &str) -> Result<String, String> {
-    s.parse::<cairn_blocks::Compression>().map(|c| c.to_string()).map_err(|e| e.to_string())
+    s.parse::<cairn_blocks::Compression>()
+        .map(|c| c.to_string())
+        .map_err(|e| e.to_string())
 }
 
 /// Durations like 500ms, 1s, 10m, 2h.
@@ -199,7 +214,9 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     let t = s.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 1s, 10m"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration: use e.g. 500ms, 1s, 10m"))?;
     Ok(match unit {
         "ms" => std::time::Duration::from_millis(n),
         "" | "s" => std::time::Duration::from_secs(n),

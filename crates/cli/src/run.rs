@@ -29,7 +29,8 @@ pub fn main(cli: Cli) -> i32 {
         Command::Mount(MountCommand::Start(a)) => mount_start(a),
         Command::Mount(MountCommand::Stop(a)) => {
             init_logging(None);
-            cairn_fuse::unmount(&a.mountpoint).map(|()| println!("unmounted {}", a.mountpoint.display()))
+            cairn_fuse::unmount(&a.mountpoint)
+                .map(|()| println!("unmounted {}", a.mountpoint.display()))
         }
         Command::Admin(_) => not_yet("admin"),
         Command::Proxy(_) => not_yet("proxy"),
@@ -80,16 +81,26 @@ fn notify_ready(enabled: bool) {
 }
 
 fn init_logging(file: Option<&Path>) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
     match file.and_then(|p| {
         if let Some(d) = p.parent() {
             let _ = std::fs::create_dir_all(d);
         }
-        std::fs::OpenOptions::new().create(true).append(true).open(p).ok()
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+            .ok()
     }) {
         Some(f) => {
-            let _ = builder.with_ansi(false).with_writer(std::sync::Mutex::new(f)).try_init();
+            let _ = builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(f))
+                .try_init();
         }
         None => {
             let _ = builder.with_writer(std::io::stderr).try_init();
@@ -98,7 +109,11 @@ fn init_logging(file: Option<&Path>) {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().context("start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .build()
+        .context("start the async runtime")
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
@@ -108,9 +123,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let server = MetaServer::start(ServeConfig {
             bind_addr: a.bind_addr,
             data_dir: a.data_dir,
-            volume: VolumeInfo { name: a.volume, block_size: a.volume_settings.block_size, compression: a.volume_settings.compression },
+            volume: VolumeInfo {
+                name: a.volume,
+                block_size: a.volume_settings.block_size,
+                compression: a.volume_settings.compression,
+            },
             sync: a.sync,
             flush_interval: a.flush_interval,
+            session_timeout: a.session_timeout,
         })
         .await?;
         wait_for_signal().await;
@@ -176,14 +196,22 @@ fn daemonize(mut args: Vec<String>, log: &Path, what: &str) -> anyhow::Result<()
             println!("{what} (pid {}, log {})", child.id(), log.display());
             Ok(())
         }
-        Ok(line) if line.starts_with("error: ") => Err(anyhow!("{}", line.trim_start_matches("error: ").trim())),
+        Ok(line) if line.starts_with("error: ") => {
+            Err(anyhow!("{}", line.trim_start_matches("error: ").trim()))
+        }
         Ok(_) => {
             let _ = child.wait();
-            Err(anyhow!("the background process exited before it was ready; see {}", log.display()))
+            Err(anyhow!(
+                "the background process exited before it was ready; see {}",
+                log.display()
+            ))
         }
         Err(_) => {
             let _ = child.kill();
-            Err(anyhow!("the background process was not ready after 120 s; see {}", log.display()))
+            Err(anyhow!(
+                "the background process was not ready after 120 s; see {}",
+                log.display()
+            ))
         }
     }
 }
@@ -196,11 +224,18 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
     if !a.foreground {
         cairn_fuse::check_mountpoint(&mountpoint, a.nonempty)?;
-        let log = a.log_file.clone().unwrap_or_else(|| default_log(&format!("mount-{}", a.volume)));
+        let log = a
+            .log_file
+            .clone()
+            .unwrap_or_else(|| default_log(&format!("mount-{}", a.volume)));
         let mut args: Vec<String> = std::env::args().skip(1).collect();
         args.push("--log-file".into());
         args.push(log.display().to_string());
-        return daemonize(args, &log, &format!("mounted volume `{}` at {}", a.volume, mountpoint.display()));
+        return daemonize(
+            args,
+            &log,
+            &format!("mounted volume `{}` at {}", a.volume, mountpoint.display()),
+        );
     }
     if a.notify_ready {
         let _ = NOTIFY.set(());
@@ -221,8 +256,18 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
             store_config(&a.store, &a.s3),
         )
     };
-    let client = rt.block_on(Client::connect(cfg)).map_err(|e| anyhow!("{}", e.message))?;
-    serve_mount(&rt, client, &mountpoint, &a.volume, a.nonempty, a.notify_ready, async { std::future::pending::<()>().await })
+    let client = rt
+        .block_on(Client::connect(cfg))
+        .map_err(|e| anyhow!("{}", e.message))?;
+    serve_mount(
+        &rt,
+        client,
+        &mountpoint,
+        &a.volume,
+        a.nonempty,
+        a.notify_ready,
+        async { std::future::pending::<()>().await },
+    )
 }
 
 /// Mount `client` at `mountpoint` and serve until unmounted, or until `stop` completes or a
@@ -295,7 +340,11 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         if let Some(r) = &a.s3.s3_region {
             args.extend(["--s3-region".into(), r.clone()]);
         }
-        daemonize(args, &log, &format!("cairn is up: {} is mounted", mnt.display()))?;
+        daemonize(
+            args,
+            &log,
+            &format!("cairn is up: {} is mounted", mnt.display()),
+        )?;
         println!("  state:  {}", state.display());
         println!("  stop:   cairn up --stop {}", dir.display());
         return Ok(());
@@ -309,14 +358,22 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     cairn_fuse::check_mountpoint(&mnt, false)?;
     let blocks = state.join("blocks");
     std::fs::create_dir_all(&blocks).with_context(|| format!("create {}", blocks.display()))?;
-    let store_url = a.store.clone().unwrap_or_else(|| format!("file://{}", blocks.display()));
+    let store_url = a
+        .store
+        .clone()
+        .unwrap_or_else(|| format!("file://{}", blocks.display()));
     let rt = runtime()?;
     let server = rt.block_on(MetaServer::start(ServeConfig {
         bind_addr: "127.0.0.1:0".parse().expect("literal address"),
         data_dir: state.join("meta"),
-        volume: VolumeInfo { name: "default".into(), block_size: 4 << 20, compression: "zstd".into() },
+        volume: VolumeInfo {
+            name: "default".into(),
+            block_size: 4 << 20,
+            compression: "zstd".into(),
+        },
         sync: true,
         flush_interval: Duration::from_secs(1),
+        session_timeout: Duration::from_secs(60),
     }))?;
     let cfg = ClientConfig::new(
         RpcConfig {
@@ -328,13 +385,21 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         },
         store_config(&store_url, &a.s3),
     );
-    let client = rt.block_on(Client::connect(cfg)).map_err(|e| anyhow!("{}", e.message))?;
-    std::fs::write(state.join("up.pid"), format!("{}\n", std::process::id())).context("write the pid file")?;
+    let client = rt
+        .block_on(Client::connect(cfg))
+        .map_err(|e| anyhow!("{}", e.message))?;
+    std::fs::write(state.join("up.pid"), format!("{}\n", std::process::id()))
+        .context("write the pid file")?;
     if !a.notify_ready {
-        println!("cairn is up: {} is mounted (blocks in {store_url})", mnt.display());
+        println!(
+            "cairn is up: {} is mounted (blocks in {store_url})",
+            mnt.display()
+        );
         println!("  stop: Ctrl-C, or `cairn up --stop {}`", dir.display());
     }
-    let result = serve_mount(&rt, client, &mnt, "default", false, a.notify_ready, async { std::future::pending::<()>().await });
+    let result = serve_mount(&rt, client, &mnt, "default", false, a.notify_ready, async {
+        std::future::pending::<()>().await
+    });
     let stopped = rt.block_on(server.stop());
     let _ = std::fs::remove_file(state.join("up.pid"));
     result.and(stopped)
@@ -344,14 +409,21 @@ fn up_stop(dir: &Path) -> anyhow::Result<()> {
     let pidfile = dir.join(".cairn/up.pid");
     let mnt = dir.join("mnt");
     let pid: i32 = match std::fs::read_to_string(&pidfile) {
-        Ok(s) => s.trim().parse().with_context(|| format!("read pid from {}", pidfile.display()))?,
+        Ok(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("read pid from {}", pidfile.display()))?,
         Err(_) => {
             // Nothing running; clear a mount a killed process may have left.
             if cairn_fuse::clear_stale_mount(&mnt)? {
                 println!("cleared a stale mount at {}", mnt.display());
                 return Ok(());
             }
-            bail!("cairn is not running in {} (no {}); nothing to stop", dir.display(), pidfile.display());
+            bail!(
+                "cairn is not running in {} (no {}); nothing to stop",
+                dir.display(),
+                pidfile.display()
+            );
         }
     };
     // SAFETY: sending a signal has no memory effects.
@@ -365,7 +437,10 @@ fn up_stop(dir: &Path) -> anyhow::Result<()> {
     // SAFETY: signal 0 only checks that the process exists.
     while unsafe { libc::kill(pid, 0) } == 0 {
         if started.elapsed() > Duration::from_secs(60) {
-            bail!("cairn (pid {pid}) did not stop within 60 s; a process may still be using {}", mnt.display());
+            bail!(
+                "cairn (pid {pid}) did not stop within 60 s; a process may still be using {}",
+                mnt.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -42,7 +42,13 @@ pub struct ClientConfig {
 impl ClientConfig {
     /// Defaults for everything but the addresses.
     pub fn new(rpc: RpcConfig, store: StoreConfig) -> Self {
-        ClientConfig { rpc, store, cache_bytes: 512 << 20, max_uploads: 16, max_readahead_blocks: 8 }
+        ClientConfig {
+            rpc,
+            store,
+            cache_bytes: 512 << 20,
+            max_uploads: 16,
+            max_readahead_blocks: 8,
+        }
     }
 }
 
@@ -108,6 +114,8 @@ pub struct Client {
     max_ra: u64,
     /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
     no_caps: StdMutex<std::collections::HashSet<Ino>>,
+    /// Inodes this mount has taken locks on: only their closes need to release locks.
+    locked: StdMutex<std::collections::HashSet<Ino>>,
 }
 
 fn io_err(what: impl std::fmt::Display) -> RpcError {
@@ -123,13 +131,18 @@ impl Client {
     pub async fn connect(cfg: ClientConfig) -> Result<Arc<Client>, RpcError> {
         let rpc = MetaClient::connect(cfg.rpc.clone()).await?;
         let volume = rpc.volume();
-        let compression: Compression = volume
-            .compression
-            .parse()
-            .map_err(|e| RpcError::new(ErrorCode::Invalid, format!("volume compression `{}`: {e}", volume.compression)))?;
+        let compression: Compression = volume.compression.parse().map_err(|e| {
+            RpcError::new(
+                ErrorCode::Invalid,
+                format!("volume compression `{}`: {e}", volume.compression),
+            )
+        })?;
         let store = BlockStore::open(&cfg.store, &volume.name, BlockCodec::new(compression))
             .map_err(|e| RpcError::new(ErrorCode::Invalid, e.to_string()))?;
-        store.check().await.map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?;
+        store
+            .check()
+            .await
+            .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?;
         let cache = Arc::new(BlockCache::with_weighter(
             (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
             cfg.cache_bytes,
@@ -145,6 +158,7 @@ impl Client {
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
             max_ra: cfg.max_readahead_blocks,
             no_caps: StdMutex::default(),
+            locked: StdMutex::default(),
         }))
     }
 
@@ -193,7 +207,12 @@ impl Client {
 
     /// Find `name` in `parent`.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
-        let a = self.call_attr(Request::Lookup { parent, name: name.to_vec() }).await?;
+        let a = self
+            .call_attr(Request::Lookup {
+                parent,
+                name: name.to_vec(),
+            })
+            .await?;
         Ok(self.overlay(a).await)
     }
 
@@ -211,7 +230,13 @@ impl Client {
             if set.size.is_some() || set.mtime.is_some() {
                 self.flush_locked(ino, &mut inner).await?;
             }
-            let a = self.call_attr(Request::SetAttr { ino, set: set.clone(), caller }).await?;
+            let a = self
+                .call_attr(Request::SetAttr {
+                    ino,
+                    set: set.clone(),
+                    caller,
+                })
+                .await?;
             if set.size.is_some() {
                 inner.size = a.size;
                 inner.map.clear();
@@ -223,8 +248,28 @@ impl Client {
     }
 
     /// Create a non-directory node. With `open`, the file is also opened for this mount.
-    pub async fn mknod(&self, parent: Ino, name: &[u8], kind: FileKind, perm: u32, rdev: u32, caller: Caller, open: bool) -> Result<Attr, RpcError> {
-        let a = self.call_attr(Request::Mknod { parent, name: name.to_vec(), kind, perm, rdev, caller, open }).await?;
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        caller: Caller,
+        open: bool,
+    ) -> Result<Attr, RpcError> {
+        let a = self
+            .call_attr(Request::Mknod {
+                parent,
+                name: name.to_vec(),
+                kind,
+                perm,
+                rdev,
+                caller,
+                open,
+            })
+            .await?;
         if open {
             self.track_open(&a).await;
         }
@@ -232,35 +277,97 @@ impl Client {
     }
 
     /// Create a directory.
-    pub async fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, caller: Caller) -> Result<Attr, RpcError> {
-        self.call_attr(Request::Mkdir { parent, name: name.to_vec(), perm, caller }).await
+    pub async fn mkdir(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        caller: Caller,
+    ) -> Result<Attr, RpcError> {
+        self.call_attr(Request::Mkdir {
+            parent,
+            name: name.to_vec(),
+            perm,
+            caller,
+        })
+        .await
     }
 
     /// Remove a file name.
     pub async fn unlink(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
-        self.call_empty(Request::Unlink { parent, name: name.to_vec(), caller }).await
+        self.call_empty(Request::Unlink {
+            parent,
+            name: name.to_vec(),
+            caller,
+        })
+        .await
     }
 
     /// Remove an empty directory.
     pub async fn rmdir(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
-        self.call_empty(Request::Rmdir { parent, name: name.to_vec(), caller }).await
+        self.call_empty(Request::Rmdir {
+            parent,
+            name: name.to_vec(),
+            caller,
+        })
+        .await
     }
 
     /// Rename with `rename_flags`.
-    pub async fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32, caller: Caller) -> Result<(), RpcError> {
-        self.call_empty(Request::Rename { parent, name: name.to_vec(), new_parent, new_name: new_name.to_vec(), flags, caller })
-            .await
+    pub async fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+        caller: Caller,
+    ) -> Result<(), RpcError> {
+        self.call_empty(Request::Rename {
+            parent,
+            name: name.to_vec(),
+            new_parent,
+            new_name: new_name.to_vec(),
+            flags,
+            caller,
+        })
+        .await
     }
 
     /// New hard link.
-    pub async fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8], caller: Caller) -> Result<Attr, RpcError> {
-        let a = self.call_attr(Request::Link { ino, new_parent, new_name: new_name.to_vec(), caller }).await?;
+    pub async fn link(
+        &self,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, RpcError> {
+        let a = self
+            .call_attr(Request::Link {
+                ino,
+                new_parent,
+                new_name: new_name.to_vec(),
+                caller,
+            })
+            .await?;
         Ok(self.overlay(a).await)
     }
 
     /// New symlink.
-    pub async fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: Caller) -> Result<Attr, RpcError> {
-        self.call_attr(Request::Symlink { parent, name: name.to_vec(), target: target.to_vec(), caller }).await
+    pub async fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        caller: Caller,
+    ) -> Result<Attr, RpcError> {
+        self.call_attr(Request::Symlink {
+            parent,
+            name: name.to_vec(),
+            target: target.to_vec(),
+            caller,
+        })
+        .await
     }
 
     /// Symlink target.
@@ -272,8 +379,22 @@ impl Client {
     }
 
     /// Directory entries after `cookie`, with attributes when `plus`.
-    pub async fn readdir(&self, ino: Ino, cookie: u64, plus: bool) -> Result<(Vec<DirEntry>, bool), RpcError> {
-        match self.rpc.call(Request::ReadDir { ino, cookie, limit: 1024, plus }).await? {
+    pub async fn readdir(
+        &self,
+        ino: Ino,
+        cookie: u64,
+        plus: bool,
+    ) -> Result<(Vec<DirEntry>, bool), RpcError> {
+        match self
+            .rpc
+            .call(Request::ReadDir {
+                ino,
+                cookie,
+                limit: 1024,
+                plus,
+            })
+            .await?
+        {
             Reply::Dir { mut entries, eof } => {
                 if plus {
                     for e in &mut entries {
@@ -297,9 +418,21 @@ impl Client {
     }
 
     /// Set an xattr.
-    pub async fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> Result<(), RpcError> {
+    pub async fn setxattr(
+        &self,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> Result<(), RpcError> {
         self.no_caps.lock().expect("caps lock").remove(&ino);
-        self.call_empty(Request::SetXattr { ino, name: name.to_vec(), value: value.to_vec(), flags }).await
+        self.call_empty(Request::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        })
+        .await
     }
 
     /// Value of an xattr.
@@ -308,7 +441,14 @@ impl Client {
         if caps && self.no_caps.lock().expect("caps lock").contains(&ino) {
             return Err(ErrorCode::NoXattr.into());
         }
-        match self.rpc.call(Request::GetXattr { ino, name: name.to_vec() }).await {
+        match self
+            .rpc
+            .call(Request::GetXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await
+        {
             Ok(Reply::Data(d)) => Ok(d),
             Ok(r) => Err(unexpected(r)),
             Err(e) => {
@@ -330,16 +470,28 @@ impl Client {
 
     /// Remove an xattr.
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), RpcError> {
-        self.call_empty(Request::RemoveXattr { ino, name: name.to_vec() }).await
+        self.call_empty(Request::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        })
+        .await
     }
 
     async fn track_open(&self, attr: &Attr) {
         let f = {
             let mut files = self.files.lock().expect("files lock");
-            files.entry(attr.ino).or_insert_with(|| Arc::new(FileState { inner: Mutex::new(FileInner::default()) })).clone()
+            files
+                .entry(attr.ino)
+                .or_insert_with(|| {
+                    Arc::new(FileState {
+                        inner: Mutex::new(FileInner::default()),
+                    })
+                })
+                .clone()
         };
         let mut inner = f.inner.lock().await;
-        if inner.opens == 0 && !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty() {
+        if inner.opens == 0 && !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty()
+        {
             // Close-to-open: a fresh open sees the server's current size and block map.
             inner.size = attr.size;
             inner.map.clear();
@@ -357,7 +509,9 @@ impl Client {
         if attr.kind == FileKind::File {
             self.track_open(&attr).await;
         }
-        Ok(Opened { attr: self.overlay(attr).await })
+        Ok(Opened {
+            attr: self.overlay(attr).await,
+        })
     }
 
     /// Close one open of a file: commits buffered writes, then tells the server.
@@ -384,14 +538,64 @@ impl Client {
         Ok(())
     }
 
+    /// Take, change or drop a lock. With `wait`, polls until the lock is free (F_SETLKW).
+    pub async fn set_lock(&self, ino: Ino, lock: LockSpec, wait: bool) -> Result<(), RpcError> {
+        if lock.typ != LockType::Unlock {
+            self.locked.lock().expect("locked lock").insert(ino);
+        }
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            match self.call_empty(Request::SetLock { ino, lock }).await {
+                Err(e) if wait && e.code == ErrorCode::WouldBlock => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(100));
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The lock of another owner that conflicts with `lock`, if any.
+    pub async fn get_lock(&self, ino: Ino, lock: LockSpec) -> Result<Option<LockSpec>, RpcError> {
+        match self.rpc.call(Request::GetLock { ino, lock }).await? {
+            Reply::Lock(l) => Ok(l),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Release every lock `owner` holds on `ino` (a close by that owner), if this mount ever
+    /// locked the file.
+    pub async fn release_locks(&self, ino: Ino, owner: u64) -> Result<(), RpcError> {
+        if !self.locked.lock().expect("locked lock").contains(&ino) {
+            return Ok(());
+        }
+        let all = LockSpec {
+            owner,
+            start: 0,
+            end: u64::MAX,
+            typ: LockType::Unlock,
+            pid: 0,
+        };
+        self.call_empty(Request::SetLock { ino, lock: all }).await
+    }
+
     fn key(&self, ino: Ino, index: u64, version: u64) -> BlockKey {
-        BlockKey { ino, index, version }
+        BlockKey {
+            ino,
+            index,
+            version,
+        }
     }
 
     /// Start uploading block `index` with `data` in the background.
     async fn start_upload(&self, ino: Ino, inner: &mut FileInner, index: u64, data: Vec<u8>) {
         let data = Bytes::from(data);
-        let permit = self.uploads.clone().acquire_owned().await.expect("semaphore never closed");
+        let permit = self
+            .uploads
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("semaphore never closed");
         let version = rand::random::<u64>() | 1;
         let key = self.key(ino, index, version);
         let (store, cache, body) = (self.store.clone(), self.cache.clone(), data.clone());
@@ -403,9 +607,20 @@ impl Client {
                 io_err(format!("upload block {index} of inode {ino}: {e}"))
             })?;
             cache.insert((ino, index, version), body);
-            Ok(BlockRef { index, version, len })
+            Ok(BlockRef {
+                index,
+                version,
+                len,
+            })
         });
-        if let Some(old) = inner.pending.insert(index, Pending { data, task: Some(task), done: None }) {
+        if let Some(old) = inner.pending.insert(
+            index,
+            Pending {
+                data,
+                task: Some(task),
+                done: None,
+            },
+        ) {
             // A newer version replaces one never committed: its object is garbage now.
             self.discard_pending(ino, old);
         }
@@ -420,7 +635,13 @@ impl Client {
                 _ => None,
             };
             if let Some(r) = r {
-                let _ = store.delete(&BlockKey { ino, index: r.index, version: r.version }).await;
+                let _ = store
+                    .delete(&BlockKey {
+                        ino,
+                        index: r.index,
+                        version: r.version,
+                    })
+                    .await;
             }
         });
     }
@@ -449,7 +670,12 @@ impl Client {
         }
         if let Some(e) = first_err {
             // Uploads that failed go back to dirty so that a later flush retries them.
-            let failed: Vec<u64> = inner.pending.iter().filter(|(_, p)| p.done.is_none()).map(|(i, _)| *i).collect();
+            let failed: Vec<u64> = inner
+                .pending
+                .iter()
+                .filter(|(_, p)| p.done.is_none())
+                .map(|(i, _)| *i)
+                .collect();
             for i in failed {
                 if let Some(p) = inner.pending.remove(&i) {
                     inner.dirty.entry(i).or_insert_with(|| p.data.to_vec());
@@ -458,7 +684,14 @@ impl Client {
             return Err(e);
         }
         let mtime = inner.mtime.unwrap_or_else(Timestamp::now);
-        let attr = self.call_attr(Request::CommitWrite { ino, blocks: refs.clone(), size: inner.size, mtime }).await?;
+        let attr = self
+            .call_attr(Request::CommitWrite {
+                ino,
+                blocks: refs.clone(),
+                size: inner.size,
+                mtime,
+            })
+            .await?;
         for r in refs {
             inner.map.insert(r.index, r);
         }
@@ -468,7 +701,11 @@ impl Client {
     }
 
     async fn flush_locked(&self, ino: Ino, inner: &mut FileInner) -> Result<(), RpcError> {
-        if !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty() && inner.error.is_none() {
+        if !inner.changed
+            && inner.dirty.is_empty()
+            && inner.pending.is_empty()
+            && inner.error.is_none()
+        {
             return Ok(());
         }
         let dirty = std::mem::take(&mut inner.dirty);
@@ -482,14 +719,28 @@ impl Client {
     }
 
     /// Load the block map entries of blocks `[first, first+count)` into the cache of `inner`.
-    async fn load_map(&self, ino: Ino, inner: &mut FileInner, first: u64, count: u64) -> Result<(), RpcError> {
+    async fn load_map(
+        &self,
+        ino: Ino,
+        inner: &mut FileInner,
+        first: u64,
+        count: u64,
+    ) -> Result<(), RpcError> {
         if inner.map_loaded {
             return Ok(());
         }
         // Small files: load the whole map at once.
         let total = inner.size.div_ceil(self.bs);
-        let (first, count) = if total <= 256 { (0, total.max(1)) } else { (first, count.max(64)) };
-        match self.rpc.call(Request::GetBlocks { ino, first, count }).await? {
+        let (first, count) = if total <= 256 {
+            (0, total.max(1))
+        } else {
+            (first, count.max(64))
+        };
+        match self
+            .rpc
+            .call(Request::GetBlocks { ino, first, count })
+            .await?
+        {
             Reply::Blocks { blocks, .. } => {
                 for b in blocks {
                     inner.map.entry(b.index).or_insert(b);
@@ -512,10 +763,19 @@ impl Client {
             Ok(b) => return Ok(b),
             Err(g) => g,
         };
-        let data = self.store.get(&self.key(ino, r.index, r.version)).await.map_err(|e| {
-            warn!(ino, index = r.index, version = r.version, "block read failed: {e}");
-            io_err(format!("read block {} of inode {ino}: {e}", r.index))
-        })?;
+        let data = self
+            .store
+            .get(&self.key(ino, r.index, r.version))
+            .await
+            .map_err(|e| {
+                warn!(
+                    ino,
+                    index = r.index,
+                    version = r.version,
+                    "block read failed: {e}"
+                );
+                io_err(format!("read block {} of inode {ino}: {e}", r.index))
+            })?;
         let _ = guard.insert(data.clone());
         Ok(data)
     }
@@ -529,9 +789,17 @@ impl Client {
     }
 
     /// Read up to `len` bytes at `offset`.
-    pub async fn read(self: &Arc<Self>, ino: Ino, offset: u64, len: u32) -> Result<Vec<u8>, RpcError> {
+    pub async fn read(
+        self: &Arc<Self>,
+        ino: Ino,
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, RpcError> {
         let Some(f) = self.file(ino) else {
-            return Err(RpcError::new(ErrorCode::Stale, "read of a file that is not open"));
+            return Err(RpcError::new(
+                ErrorCode::Stale,
+                "read of a file that is not open",
+            ));
         };
         let bs = self.bs;
         enum Src {
@@ -554,9 +822,13 @@ impl Client {
                     continue;
                 }
                 if !inner.map.contains_key(&index) && !inner.map_loaded {
-                    self.load_map(ino, &mut inner, index, last - index + 1 + self.max_ra).await?;
+                    self.load_map(ino, &mut inner, index, last - index + 1 + self.max_ra)
+                        .await?;
                 }
-                plan.push((index, inner.map.get(&index).map_or(Src::Hole, |r| Src::Remote(*r))));
+                plan.push((
+                    index,
+                    inner.map.get(&index).map_or(Src::Hole, |r| Src::Remote(*r)),
+                ));
             }
             // Sequential detection: grow the read-ahead window on each sequential read.
             let mut prefetch = Vec::new();
@@ -569,7 +841,8 @@ impl Client {
                         continue;
                     }
                     if !inner.map.contains_key(&index) && !inner.map_loaded {
-                        self.load_map(ino, &mut inner, index, to - index + self.max_ra).await?;
+                        self.load_map(ino, &mut inner, index, to - index + self.max_ra)
+                            .await?;
                     }
                     if let Some(r) = inner.map.get(&index) {
                         prefetch.push(*r);
@@ -623,9 +896,17 @@ impl Client {
     }
 
     /// Write `data` at `offset`; returns the bytes accepted (all of them).
-    pub async fn write(self: &Arc<Self>, ino: Ino, offset: u64, data: &[u8]) -> Result<u32, RpcError> {
+    pub async fn write(
+        self: &Arc<Self>,
+        ino: Ino,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<u32, RpcError> {
         let Some(f) = self.file(ino) else {
-            return Err(RpcError::new(ErrorCode::Stale, "write to a file that is not open"));
+            return Err(RpcError::new(
+                ErrorCode::Stale,
+                "write to a file that is not open",
+            ));
         };
         let bs = self.bs;
         let mut inner = f.inner.lock().await;
@@ -668,7 +949,14 @@ impl Client {
 
     /// The current bytes of block `index` before a write of `n` bytes at `in_off` changes it:
     /// empty when the write covers all the data the block has.
-    async fn block_base(&self, ino: Ino, inner: &mut FileInner, index: u64, in_off: usize, n: usize) -> Result<Vec<u8>, RpcError> {
+    async fn block_base(
+        &self,
+        ino: Ino,
+        inner: &mut FileInner,
+        index: u64,
+        in_off: usize,
+        n: usize,
+    ) -> Result<Vec<u8>, RpcError> {
         let bstart = index * self.bs;
         if bstart >= inner.size {
             return Ok(Vec::new());

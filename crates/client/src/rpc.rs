@@ -12,7 +12,7 @@
 
 use cairn_proto::frame;
 use cairn_proto::*;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
@@ -56,6 +56,9 @@ pub struct MetaClient {
     generation: AtomicU64,
     volume: StdMutex<Option<VolumeInfo>>,
     lost: AtomicBool,
+    /// Mutations sent and not yet answered: the lowest bounds what the server must remember.
+    inflight: StdMutex<BTreeSet<u64>>,
+    heartbeat_ms: AtomicU64,
 }
 
 /// Why a connection attempt or a call on a connection failed.
@@ -80,6 +83,8 @@ impl MetaClient {
             generation: AtomicU64::new(0),
             volume: StdMutex::new(None),
             lost: false.into(),
+            inflight: StdMutex::default(),
+            heartbeat_ms: AtomicU64::new(0),
         });
         let mut last = String::new();
         for attempt in 0..3 {
@@ -87,7 +92,10 @@ impl MetaClient {
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
             match client.get_conn().await {
-                Ok(_) => return Ok(client),
+                Ok(_) => {
+                    tokio::spawn(heartbeat(Arc::downgrade(&client)));
+                    return Ok(client);
+                }
                 Err(Transport::Refused(e)) => return Err(e),
                 Err(Transport::Broken(e)) => last = e,
             }
@@ -103,7 +111,11 @@ impl MetaClient {
 
     /// The volume's settings, as the server sent them.
     pub fn volume(&self) -> VolumeInfo {
-        self.volume.lock().expect("volume lock").clone().expect("connected before use")
+        self.volume
+            .lock()
+            .expect("volume lock")
+            .clone()
+            .expect("connected before use")
     }
 
     /// This client's session id.
@@ -128,10 +140,11 @@ impl MetaClient {
     }
 
     async fn open_conn(&self) -> Result<Arc<Conn>, Transport> {
-        let sock = tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr))
-            .await
-            .map_err(|_| Transport::Broken("connection timed out".into()))?
-            .map_err(|e| Transport::Broken(e.to_string()))?;
+        let sock =
+            tokio::time::timeout(self.cfg.connect_timeout, TcpStream::connect(&self.cfg.addr))
+                .await
+                .map_err(|_| Transport::Broken("connection timed out".into()))?
+                .map_err(|e| Transport::Broken(e.to_string()))?;
         let _ = sock.set_nodelay(true);
         let (mut rd, mut wr) = sock.into_split();
         let resume = match self.session.load(Ordering::Relaxed) {
@@ -141,6 +154,7 @@ impl MetaClient {
         let hello = Envelope {
             session: 0,
             seq: 0,
+            acked: 0,
             request: Request::Hello {
                 protocol: PROTOCOL_VERSION,
                 volume: self.cfg.volume.clone(),
@@ -149,19 +163,34 @@ impl MetaClient {
             },
         };
         let buf = frame::encode(0, &hello).map_err(|e| Transport::Broken(e.to_string()))?;
-        wr.write_all(&buf).await.map_err(|e| Transport::Broken(e.to_string()))?;
+        wr.write_all(&buf)
+            .await
+            .map_err(|e| Transport::Broken(e.to_string()))?;
         let reply = tokio::time::timeout(self.cfg.connect_timeout, frame::read_frame(&mut rd))
             .await
             .map_err(|_| Transport::Broken("no answer to the handshake".into()))?
             .map_err(|e| Transport::Broken(e.to_string()))?
             .ok_or_else(|| Transport::Broken("server closed the connection".into()))?;
-        let resp: Response = frame::decode(&reply.1).map_err(|e| Transport::Broken(e.to_string()))?;
+        let resp: Response =
+            frame::decode(&reply.1).map_err(|e| Transport::Broken(e.to_string()))?;
         match resp {
-            Ok(Reply::Hello { session, volume }) => {
+            Ok(Reply::Hello {
+                session,
+                volume,
+                heartbeat_ms,
+            }) => {
+                if resume.is_some_and(|old| old != session) {
+                    warn!(old = resume, new = session, "the metadata server had ended this mount's session: its locks were released");
+                }
                 self.session.store(session, Ordering::Relaxed);
+                self.heartbeat_ms.store(heartbeat_ms, Ordering::Relaxed);
                 *self.volume.lock().expect("volume lock") = Some(volume);
             }
-            Ok(other) => return Err(Transport::Broken(format!("unexpected handshake reply {other:?}"))),
+            Ok(other) => {
+                return Err(Transport::Broken(format!(
+                    "unexpected handshake reply {other:?}"
+                )))
+            }
             Err(e) => return Err(Transport::Refused(e)),
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
@@ -178,28 +207,28 @@ impl MetaClient {
         let dead = Arc::new(AtomicBool::new(false));
         let dead_flag = dead.clone();
         tokio::spawn(async move {
-            loop {
-                match frame::read_frame(&mut rd).await {
-                    Ok(Some((id, body))) => {
-                        let resp: Response = match frame::decode(&body) {
-                            Ok(r) => r,
-                            Err(e) => {
-                                warn!("malformed reply from the metadata server: {e}");
-                                break;
-                            }
-                        };
-                        if let Some(w) = pend.lock().expect("pending lock").remove(&id) {
-                            let _ = w.send(resp);
-                        }
+            while let Ok(Some((id, body))) = frame::read_frame(&mut rd).await {
+                let resp: Response = match frame::decode(&body) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        warn!("malformed reply from the metadata server: {e}");
+                        break;
                     }
-                    _ => break,
+                };
+                if let Some(w) = pend.lock().expect("pending lock").remove(&id) {
+                    let _ = w.send(resp);
                 }
             }
             // Wake every waiter: its call is resent on a new connection.
             dead_flag.store(true, Ordering::Release);
             pend.lock().expect("pending lock").clear();
         });
-        Ok(Arc::new(Conn { tx, pending, generation, dead }))
+        Ok(Arc::new(Conn {
+            tx,
+            pending,
+            generation,
+            dead,
+        }))
     }
 
     async fn drop_conn(&self, generation: u64) {
@@ -211,15 +240,50 @@ impl MetaClient {
 
     /// Send a request and wait for its answer, across reconnects.
     pub async fn call(&self, request: Request) -> Result<Reply, RpcError> {
-        let seq = if request.is_mutation() { self.seq.fetch_add(1, Ordering::Relaxed) + 1 } else { 0 };
+        let seq = if request.is_mutation() {
+            let mut inflight = self.inflight.lock().expect("inflight lock");
+            let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+            inflight.insert(seq);
+            seq
+        } else {
+            0
+        };
+        let result = self.call_seq(seq, request).await;
+        if seq != 0 {
+            self.inflight.lock().expect("inflight lock").remove(&seq);
+        }
+        result
+    }
+
+    /// The highest sequence number below which every mutation was answered.
+    fn acked(&self) -> u64 {
+        let inflight = self.inflight.lock().expect("inflight lock");
+        match inflight.first() {
+            Some(lowest) => lowest - 1,
+            None => self.seq.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Drop the current connection (e.g. the server says the session is gone).
+    pub async fn reset(&self) {
+        *self.conn.lock().await = None;
+    }
+
+    async fn call_seq(&self, seq: u64, request: Request) -> Result<Reply, RpcError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         loop {
             let err = match self.get_conn().await {
                 Ok(conn) => {
-                    let env = Envelope { session: self.session(), seq, request: request.clone() };
+                    let env = Envelope {
+                        session: self.session(),
+                        seq,
+                        acked: self.acked(),
+                        request: request.clone(),
+                    };
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let buf = frame::encode(id, &env).map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
+                    let buf = frame::encode(id, &env)
+                        .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
                     let (wtx, wrx) = oneshot::channel();
                     conn.pending.lock().expect("pending lock").insert(id, wtx);
                     if conn.dead.load(Ordering::Acquire) || conn.tx.send(buf).await.is_err() {
@@ -245,11 +309,32 @@ impl MetaClient {
             if started.elapsed() > self.cfg.retry_for {
                 return Err(RpcError::new(
                     ErrorCode::Unavailable,
-                    format!("metadata server at {} unreachable for {:?}: {err}", self.cfg.addr, self.cfg.retry_for),
+                    format!(
+                        "metadata server at {} unreachable for {:?}: {err}",
+                        self.cfg.addr, self.cfg.retry_for
+                    ),
                 ));
             }
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+}
+
+/// Keep the session alive while the client exists.
+async fn heartbeat(client: std::sync::Weak<MetaClient>) {
+    loop {
+        let every = match client.upgrade() {
+            Some(c) => Duration::from_millis(c.heartbeat_ms.load(Ordering::Relaxed).max(100)),
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(c) = client.upgrade() else { return };
+        if let Err(e) = c.call(Request::Heartbeat).await {
+            if e.code == ErrorCode::Stale {
+                // The server ended our session: reconnect, which opens a new one.
+                c.reset().await;
+            }
         }
     }
 }

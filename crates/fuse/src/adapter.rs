@@ -1,9 +1,12 @@
 use cairn_client::Client;
-use cairn_proto::{Attr, Caller, ErrorCode, FileKind, RpcError, SetAttr, TimeSet, Timestamp};
+use cairn_proto::{
+    Attr, Caller, ErrorCode, FileKind, LockSpec, LockType, RpcError, SetAttr, TimeSet, Timestamp,
+};
 use fuser::{
-    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner,
-    OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -43,12 +46,15 @@ pub fn errno(code: ErrorCode) -> Errno {
         ErrorCode::Io | ErrorCode::Internal => Errno::EIO,
         // The metadata server stayed unreachable past the client's patience.
         ErrorCode::Unavailable => Errno::EIO,
+        ErrorCode::WouldBlock => Errno::EAGAIN,
     }
 }
 
 fn reply_err(op: &str, e: &RpcError) -> Errno {
     match e.code {
-        ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unavailable => warn!(op, "failed: {}", e.message),
+        ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unavailable => {
+            warn!(op, "failed: {}", e.message)
+        }
         _ => {}
     }
     errno(e.code)
@@ -87,7 +93,11 @@ fn attr(a: &Attr) -> FileAttr {
 }
 
 fn caller(req: &Request) -> Caller {
-    Caller { uid: req.uid(), gid: req.gid(), pid: req.pid() }
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+        pid: req.pid(),
+    }
 }
 
 fn time_set(t: TimeOrNow) -> TimeSet {
@@ -118,6 +128,33 @@ impl CairnFuse {
     }
 }
 
+/// The kernel's lock request as a cairn lock; `None` for an unknown type.
+fn lock_spec(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Option<LockSpec> {
+    let typ = match typ {
+        libc::F_RDLCK => LockType::Read,
+        libc::F_WRLCK => LockType::Write,
+        libc::F_UNLCK => LockType::Unlock,
+        _ => return None,
+    };
+    // The kernel says "to the end of the file" with OFFSET_MAX.
+    let end = if end >= i64::MAX as u64 {
+        u64::MAX
+    } else {
+        end
+    };
+    Some(LockSpec {
+        owner: owner.0,
+        start,
+        end,
+        typ,
+        pid,
+    })
+}
+
+fn kernel_end(end: u64) -> u64 {
+    end.min(i64::MAX as u64)
+}
+
 fn name(n: &OsStr) -> Vec<u8> {
     n.as_bytes().to_vec()
 }
@@ -131,7 +168,9 @@ impl Filesystem for CairnFuse {
             | InitFlags::FUSE_DO_READDIRPLUS
             | InitFlags::FUSE_READDIRPLUS_AUTO
             | InitFlags::FUSE_CACHE_SYMLINKS
-            | InitFlags::FUSE_ASYNC_DIO;
+            | InitFlags::FUSE_ASYNC_DIO
+            | InitFlags::FUSE_POSIX_LOCKS
+            | InitFlags::FUSE_FLOCK_LOCKS;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -201,21 +240,41 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn mknod(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
         let Some(k) = FileKind::from_mode(mode) else {
             reply.error(Errno::EINVAL);
             return;
         };
         let (n, who) = (name(n), caller(req));
         self.spawn("mknod", parent.0, move |c| async move {
-            match c.mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false).await {
+            match c
+                .mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false)
+                .await
+            {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("mknod", &e)),
             }
         });
     }
 
-    fn mkdir(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, reply: ReplyEntry) {
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
         let (n, who) = (name(n), caller(req));
         self.spawn("mkdir", parent.0, move |c| async move {
             match c.mkdir(parent.0, &n, mode & 0o7777, who).await {
@@ -245,8 +304,19 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
-        let (n, t, who) = (name(link_name), target.as_os_str().as_bytes().to_vec(), caller(req));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let (n, t, who) = (
+            name(link_name),
+            target.as_os_str().as_bytes().to_vec(),
+            caller(req),
+        );
         self.spawn("symlink", parent.0, move |c| async move {
             match c.symlink(parent.0, &n, &t, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
@@ -255,7 +325,16 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn rename(&self, req: &Request, parent: INodeNo, n: &OsStr, newparent: INodeNo, newname: &OsStr, flags: RenameFlags, reply: ReplyEmpty) {
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
         let (n, nn, who) = (name(n), name(newname), caller(req));
         let flags = flags.bits();
         let mut wire = 0;
@@ -277,7 +356,14 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn link(&self, req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+    fn link(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
         let (nn, who) = (name(newname), caller(req));
         self.spawn("link", ino.0, move |c| async move {
             match c.link(ino.0, newparent.0, &nn, who).await {
@@ -297,7 +383,17 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn read(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, size: u32, _flags: OpenFlags, _lock: Option<LockOwner>, reply: ReplyData) {
+    fn read(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
         self.spawn("read", ino.0, move |c| async move {
             match c.read(ino.0, offset, size).await {
                 Ok(d) => reply.data(&d),
@@ -327,25 +423,55 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock: LockOwner, reply: ReplyEmpty) {
+    fn flush(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
         self.spawn("flush", ino.0, move |c| async move {
-            match c.flush(ino.0).await {
+            // A close by a lock owner drops its POSIX locks on the file.
+            let unlocked = c.release_locks(ino.0, lock.0).await;
+            match c.flush(ino.0).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("flush", &e)),
             }
         });
     }
 
-    fn release(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _flags: OpenFlags, _lock: Option<LockOwner>, _flush: bool, reply: ReplyEmpty) {
+    fn release(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn("release", ino.0, move |c| async move {
-            match c.release(ino.0).await {
+            // Set when the last close of an open file description drops its flock.
+            let unlocked = match lock {
+                Some(owner) => c.release_locks(ino.0, owner.0).await,
+                None => Ok(()),
+            };
+            match c.release(ino.0).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("release", &e)),
             }
         });
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn("fsync", ino.0, move |c| async move {
             match c.flush(ino.0).await {
                 Ok(()) => reply.ok(),
@@ -354,7 +480,14 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         self.spawn("readdir", ino.0, move |c| async move {
             // Offsets: 1 is ".", 2 is "..", then the server's stable cookies (all >= 3).
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
@@ -368,7 +501,12 @@ impl Filesystem for CairnFuse {
                 match c.readdir(ino.0, cookie, false).await {
                     Ok((entries, eof)) => {
                         for e in &entries {
-                            if reply.add(INodeNo(e.ino), e.cookie, kind(e.kind), OsStr::from_bytes(&e.name)) {
+                            if reply.add(
+                                INodeNo(e.ino),
+                                e.cookie,
+                                kind(e.kind),
+                                OsStr::from_bytes(&e.name),
+                            ) {
                                 return reply.ok();
                             }
                             cookie = e.cookie;
@@ -383,7 +521,14 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         self.spawn("readdirplus", ino.0, move |c| async move {
             let dot = match c.getattr(ino.0).await {
                 Ok(a) => attr(&a),
@@ -403,7 +548,14 @@ impl Filesystem for CairnFuse {
                     Ok((entries, eof)) => {
                         for e in &entries {
                             let Some(a) = &e.attr else { continue };
-                            if reply.add(INodeNo(e.ino), e.cookie, OsStr::from_bytes(&e.name), &TTL, &attr(a), Generation(a.generation)) {
+                            if reply.add(
+                                INodeNo(e.ino),
+                                e.cookie,
+                                OsStr::from_bytes(&e.name),
+                                &TTL,
+                                &attr(a),
+                                Generation(a.generation),
+                            ) {
                                 return reply.ok();
                             }
                             cookie = e.cookie;
@@ -427,14 +579,32 @@ impl Filesystem for CairnFuse {
                     let used = s.used_bytes.div_ceil(bsize);
                     let free = blocks.saturating_sub(used);
                     let ffree = s.total_inodes.saturating_sub(s.used_inodes);
-                    reply.statfs(blocks, free, free, s.total_inodes, ffree, bsize as u32, cairn_proto::NAME_MAX as u32, bsize as u32)
+                    reply.statfs(
+                        blocks,
+                        free,
+                        free,
+                        s.total_inodes,
+                        ffree,
+                        bsize as u32,
+                        cairn_proto::NAME_MAX as u32,
+                        bsize as u32,
+                    )
                 }
                 Err(e) => reply.error(reply_err("statfs", &e)),
             }
         });
     }
 
-    fn setxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, value: &[u8], flags: i32, _position: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        n: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
         let (n, v) = (name(n), value.to_vec());
         let mut wire = 0;
         if flags & libc::XATTR_CREATE != 0 {
@@ -495,11 +665,84 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn create(&self, req: &Request, parent: INodeNo, n: &OsStr, mode: u32, _umask: u32, _flags: i32, reply: ReplyCreate) {
+    fn getlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        reply: fuser::ReplyLock,
+    ) {
+        let Some(lock) = lock_spec(owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.spawn("getlk", ino.0, move |c| async move {
+            match c.get_lock(ino.0, lock).await {
+                Ok(Some(l)) => {
+                    let typ = if l.typ == LockType::Write {
+                        libc::F_WRLCK
+                    } else {
+                        libc::F_RDLCK
+                    };
+                    reply.locked(l.start, kernel_end(l.end), typ, l.pid)
+                }
+                Ok(None) => reply.locked(0, 0, libc::F_UNLCK, 0),
+                Err(e) => reply.error(reply_err("getlk", &e)),
+            }
+        });
+    }
+
+    fn setlk(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        owner: LockOwner,
+        start: u64,
+        end: u64,
+        typ: i32,
+        pid: u32,
+        sleep: bool,
+        reply: ReplyEmpty,
+    ) {
+        let Some(lock) = lock_spec(owner, start, end, typ, pid) else {
+            return reply.error(Errno::EINVAL);
+        };
+        self.spawn("setlk", ino.0, move |c| async move {
+            match c.set_lock(ino.0, lock, sleep).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("setlk", &e)),
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        n: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
         let (n, who) = (name(n), caller(req));
         self.spawn("create", parent.0, move |c| async move {
-            match c.mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true).await {
-                Ok(a) => reply.created(&TTL, &attr(&a), Generation(a.generation), FileHandle(0), FopenFlags::empty()),
+            match c
+                .mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true)
+                .await
+            {
+                Ok(a) => reply.created(
+                    &TTL,
+                    &attr(&a),
+                    Generation(a.generation),
+                    FileHandle(0),
+                    FopenFlags::empty(),
+                ),
                 Err(e) => reply.error(reply_err("create", &e)),
             }
         });

@@ -81,7 +81,11 @@ pub fn check_mountpoint(path: &Path, nonempty: bool) -> anyhow::Result<()> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            bail!("mount point {} does not exist: create it first (mkdir -p {})", path.display(), path.display())
+            bail!(
+                "mount point {} does not exist: create it first (mkdir -p {})",
+                path.display(),
+                path.display()
+            )
         }
         Err(e) => bail!("cannot use mount point {}: {e}", path.display()),
     };
@@ -112,7 +116,11 @@ impl MountedSession {
             MountOption::DefaultPermissions,
             MountOption::NoAtime,
         ];
-        config.acl = if opts.allow_other { SessionACL::All } else { SessionACL::Owner };
+        config.acl = if opts.allow_other {
+            SessionACL::All
+        } else {
+            SessionACL::Owner
+        };
         config.n_threads = Some(opts.threads.max(1));
         let session = fuser::Session::new(fs, &opts.mountpoint, &config)
             .with_context(|| format!("mount at {}", opts.mountpoint.display()))?;

@@ -51,7 +51,8 @@ fn get_dentry(t: &dyn ReadTxn, parent: Ino, name: &[u8]) -> FsResult<Option<Dent
 }
 
 fn check_name(name: &[u8]) -> FsResult<()> {
-    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0) {
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
         return err(ErrorCode::Invalid);
     }
     if name.len() > NAME_MAX {
@@ -93,10 +94,21 @@ fn get_dir(t: &dyn ReadTxn, ino: Ino) -> FsResult<InodeRecord> {
     Ok(rec)
 }
 
-fn add_dentry(t: &mut dyn WriteTxn, parent: Ino, dir: &mut InodeRecord, name: &[u8], ino: Ino, kind: FileKind) -> FsResult<()> {
+fn add_dentry(
+    t: &mut dyn WriteTxn,
+    parent: Ino,
+    dir: &mut InodeRecord,
+    name: &[u8],
+    ino: Ino,
+    kind: FileKind,
+) -> FsResult<()> {
     let cookie = dir.next_cookie;
     dir.next_cookie += 1;
-    t.put(Table::Dentries, &k2(parent, name), &enc(&DentryRecord { ino, kind, cookie }))?;
+    t.put(
+        Table::Dentries,
+        &k2(parent, name),
+        &enc(&DentryRecord { ino, kind, cookie }),
+    )?;
     t.put(Table::DirCookies, &kk(parent, cookie), name)?;
     Ok(())
 }
@@ -108,22 +120,34 @@ fn remove_dentry(t: &mut dyn WriteTxn, parent: Ino, name: &[u8], d: &DentryRecor
 }
 
 fn dir_is_empty(t: &dyn ReadTxn, ino: Ino) -> FsResult<bool> {
-    Ok(t.range(Table::DirCookies, &kk(ino, 0), &kk(ino + 1, 0), 1)?.is_empty())
+    Ok(t.range(Table::DirCookies, &kk(ino, 0), &kk(ino + 1, 0), 1)?
+        .is_empty())
 }
 
 fn is_open(t: &dyn ReadTxn, ino: Ino) -> FsResult<bool> {
-    Ok(!t.range(Table::Opens, &kk(ino, 0), &kk(ino + 1, 0), 1)?.is_empty())
+    Ok(!t
+        .range(Table::Opens, &kk(ino, 0), &kk(ino + 1, 0), 1)?
+        .is_empty())
 }
 
 /// Drop all data of an inode: its record, xattrs and blocks (recorded as garbage).
 fn purge_inode(t: &mut dyn WriteTxn, ino: Ino, rec: &InodeRecord, now: Timestamp) -> FsResult<()> {
     drop_blocks_from(t, ino, 0, now)?;
-    for (k, _) in t.range(Table::Xattrs, &kk(ino, 0)[..8], &(ino + 1).to_be_bytes(), usize::MAX)? {
+    for (k, _) in t.range(
+        Table::Xattrs,
+        &kk(ino, 0)[..8],
+        &(ino + 1).to_be_bytes(),
+        usize::MAX,
+    )? {
         t.delete(Table::Xattrs, &k)?;
     }
     t.delete(Table::Inodes, &ino.to_be_bytes())?;
     t.delete(Table::Orphans, &ino.to_be_bytes())?;
-    let bytes = if rec.kind == FileKind::File { rec.size as i64 } else { 0 };
+    let bytes = if rec.kind == FileKind::File {
+        rec.size as i64
+    } else {
+        0
+    };
     add_usage(t, -1, -bytes)
 }
 
@@ -137,7 +161,11 @@ fn drop_blocks_from(t: &mut dyn WriteTxn, ino: Ino, first: u64, now: Timestamp) 
         for (k, v) in batch {
             let index = u64_at(&k, 8).ok_or_else(|| StoreError("short block key".into()))?;
             let b: BlockRecord = dec(&v)?;
-            t.put(Table::Garbage, &garbage_key(now, ino, index, b.version), &[])?;
+            t.put(
+                Table::Garbage,
+                &garbage_key(now, ino, index, b.version),
+                &[],
+            )?;
             t.delete(Table::Blocks, &k)?;
         }
     }
@@ -173,10 +201,19 @@ fn is_ancestor(t: &dyn ReadTxn, ancestor: Ino, mut ino: Ino) -> FsResult<bool> {
         }
         ino = get_inode(t, ino)?.parent;
     }
-    Err(RpcError::new(ErrorCode::Internal, "directory parent chain does not reach the root"))
+    Err(RpcError::new(
+        ErrorCode::Internal,
+        "directory parent chain does not reach the root",
+    ))
 }
 
-fn new_record(kind: FileKind, perm: u32, caller: &Caller, parent: &InodeRecord, now: Timestamp) -> InodeRecord {
+fn new_record(
+    kind: FileKind,
+    perm: u32,
+    caller: &Caller,
+    parent: &InodeRecord,
+    now: Timestamp,
+) -> InodeRecord {
     let mut perm = perm & 0o7777;
     let mut gid = caller.gid;
     if parent.perm & 0o2000 != 0 {
@@ -233,7 +270,13 @@ impl<S: MetaStore> Fs<S> {
             add_usage(t, 1, 0)?;
             Ok(info)
         })?;
-        Ok((Fs { store, block_size: u64::from(info.block_size) }, info))
+        Ok((
+            Fs {
+                store,
+                block_size: u64::from(info.block_size),
+            },
+            info,
+        ))
     }
 
     /// The underlying store (for flush and backup).
@@ -242,18 +285,31 @@ impl<S: MetaStore> Fs<S> {
     }
 
     /// Open a new client session.
-    pub fn new_session(&self, client: &str) -> FsResult<u64> {
-        self.store.write(|t| {
+    pub fn new_session_in(&self, t: &mut dyn WriteTxn, client: &str) -> FsResult<u64> {
+        {
             let id = get_u64(t, NEXT_SESSION)?.unwrap_or(1);
             t.put(Table::Super, NEXT_SESSION, &(id + 1).to_be_bytes())?;
-            t.put(Table::Sessions, &id.to_be_bytes(), &enc(&SessionRecord { client: client.to_string(), opened: Timestamp::now() }))?;
+            t.put(
+                Table::Sessions,
+                &id.to_be_bytes(),
+                &enc(&SessionRecord {
+                    client: client.to_string(),
+                    opened: Timestamp::now(),
+                }),
+            )?;
             Ok(id)
-        })
+        }
+    }
+
+    /// [`Self::new_session_in`] in a transaction of its own.
+    pub fn new_session(&self, client: &str) -> FsResult<u64> {
+        self.store.write(|t| self.new_session_in(t, client))
     }
 
     /// Whether a session exists (for resuming after a reconnect).
     pub fn session_exists(&self, id: u64) -> FsResult<bool> {
-        self.store.read(|t| Ok(t.get(Table::Sessions, &id.to_be_bytes())?.is_some()))
+        self.store
+            .read(|t| Ok(t.get(Table::Sessions, &id.to_be_bytes())?.is_some()))
     }
 
     /// Find `name` in `parent`.
@@ -270,13 +326,18 @@ impl<S: MetaStore> Fs<S> {
 
     /// Attributes of `ino`.
     pub fn getattr(&self, ino: Ino) -> FsResult<Attr> {
-        self.store.read(|t| Ok(get_inode(t, ino)?.attr(ino)))
+        self.store.read(|t| self.getattr_in(t, ino))
+    }
+
+    /// Attributes of `ino` within a transaction.
+    pub fn getattr_in(&self, t: &dyn ReadTxn, ino: Ino) -> FsResult<Attr> {
+        Ok(get_inode(t, ino)?.attr(ino))
     }
 
     /// Change attributes; a size change truncates or extends the block map.
-    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> FsResult<Attr> {
+    pub fn setattr_in(&self, t: &mut dyn WriteTxn, ino: Ino, set: &SetAttr) -> FsResult<Attr> {
         let bs = self.block_size;
-        self.store.write(|t| {
+        {
             let mut rec = get_inode(t, ino)?;
             let now = Timestamp::now();
             if let Some(mode) = set.mode {
@@ -335,11 +396,16 @@ impl<S: MetaStore> Fs<S> {
             rec.ctime = set.ctime.unwrap_or(now);
             put_inode(t, ino, &rec)?;
             Ok(rec.attr(ino))
-        })
+        }
+    }
+
+    /// [`Self::setattr_in`] in a transaction of its own.
+    pub fn setattr(&self, ino: Ino, set: &SetAttr) -> FsResult<Attr> {
+        self.store.write(|t| self.setattr_in(t, ino, set))
     }
 
     fn create_node(
-        &self,
+        t: &mut dyn WriteTxn,
         parent: Ino,
         name: &[u8],
         session: u64,
@@ -347,7 +413,7 @@ impl<S: MetaStore> Fs<S> {
         make: impl FnOnce(&InodeRecord, Timestamp) -> InodeRecord,
     ) -> FsResult<Attr> {
         check_name(name)?;
-        self.store.write(|t| {
+        {
             let mut dir = get_dir(t, parent)?;
             if dir.nlink == 0 {
                 return err(ErrorCode::NotFound);
@@ -370,18 +436,30 @@ impl<S: MetaStore> Fs<S> {
             add_usage(t, 1, 0)?;
             if open {
                 t.put(Table::Opens, &kk(ino, session), &1u32.to_be_bytes())?;
+                t.put(Table::SessionOpens, &kk(session, ino), &[])?;
             }
             Ok(rec.attr(ino))
-        })
+        }
     }
 
     /// Create a non-directory node; `open` also records an open by `session`.
     #[allow(clippy::too_many_arguments)]
-    pub fn mknod(&self, parent: Ino, name: &[u8], kind: FileKind, perm: u32, rdev: u32, caller: &Caller, session: u64, open: bool) -> FsResult<Attr> {
+    pub fn mknod_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        caller: &Caller,
+        session: u64,
+        open: bool,
+    ) -> FsResult<Attr> {
         if matches!(kind, FileKind::Dir | FileKind::Symlink) {
             return err(ErrorCode::Invalid);
         }
-        self.create_node(parent, name, session, open, |dir, now| {
+        Self::create_node(t, parent, name, session, open, |dir, now| {
             let mut r = new_record(kind, perm, caller, dir, now);
             r.rdev = rdev;
             r
@@ -389,19 +467,35 @@ impl<S: MetaStore> Fs<S> {
     }
 
     /// Create a directory.
-    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, caller: &Caller) -> FsResult<Attr> {
-        self.create_node(parent, name, 0, false, |dir, now| new_record(FileKind::Dir, perm, caller, dir, now))
+    pub fn mkdir_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        parent: Ino,
+        name: &[u8],
+        perm: u32,
+        caller: &Caller,
+    ) -> FsResult<Attr> {
+        Self::create_node(t, parent, name, 0, false, |dir, now| {
+            new_record(FileKind::Dir, perm, caller, dir, now)
+        })
     }
 
     /// Create a symlink.
-    pub fn symlink(&self, parent: Ino, name: &[u8], target: &[u8], caller: &Caller) -> FsResult<Attr> {
+    pub fn symlink_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        caller: &Caller,
+    ) -> FsResult<Attr> {
         if target.is_empty() {
             return err(ErrorCode::NotFound);
         }
         if target.len() > PATH_MAX {
             return err(ErrorCode::NameTooLong);
         }
-        self.create_node(parent, name, 0, false, |dir, now| {
+        Self::create_node(t, parent, name, 0, false, |dir, now| {
             let mut r = new_record(FileKind::Symlink, 0o777, caller, dir, now);
             r.perm = 0o777;
             r.size = target.len() as u64;
@@ -410,14 +504,53 @@ impl<S: MetaStore> Fs<S> {
         })
     }
 
+    /// [`Self::mknod_in`] in a transaction of its own.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mknod(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        kind: FileKind,
+        perm: u32,
+        rdev: u32,
+        caller: &Caller,
+        session: u64,
+        open: bool,
+    ) -> FsResult<Attr> {
+        self.store
+            .write(|t| self.mknod_in(t, parent, name, kind, perm, rdev, caller, session, open))
+    }
+
+    /// [`Self::mkdir_in`] in a transaction of its own.
+    pub fn mkdir(&self, parent: Ino, name: &[u8], perm: u32, caller: &Caller) -> FsResult<Attr> {
+        self.store
+            .write(|t| self.mkdir_in(t, parent, name, perm, caller))
+    }
+
+    /// [`Self::symlink_in`] in a transaction of its own.
+    pub fn symlink(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        target: &[u8],
+        caller: &Caller,
+    ) -> FsResult<Attr> {
+        self.store
+            .write(|t| self.symlink_in(t, parent, name, target, caller))
+    }
+
     /// Target of a symlink.
     pub fn readlink(&self, ino: Ino) -> FsResult<Vec<u8>> {
-        self.store.read(|t| get_inode(t, ino)?.target.ok_or(RpcError::from(ErrorCode::Invalid)))
+        self.store.read(|t| {
+            get_inode(t, ino)?
+                .target
+                .ok_or(RpcError::from(ErrorCode::Invalid))
+        })
     }
 
     /// Remove a non-directory entry.
-    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
-        self.store.write(|t| {
+    pub fn unlink_in(&self, t: &mut dyn WriteTxn, parent: Ino, name: &[u8]) -> FsResult<()> {
+        {
             let mut dir = get_dir(t, parent)?;
             let d = get_dentry(t, parent, name)?.ok_or(RpcError::from(ErrorCode::NotFound))?;
             if d.kind == FileKind::Dir {
@@ -429,18 +562,23 @@ impl<S: MetaStore> Fs<S> {
             dir.mtime = now;
             dir.ctime = now;
             put_inode(t, parent, &dir)
-        })
+        }
+    }
+
+    /// [`Self::unlink_in`] in a transaction of its own.
+    pub fn unlink(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.store.write(|t| self.unlink_in(t, parent, name))
     }
 
     /// Remove an empty directory.
-    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+    pub fn rmdir_in(&self, t: &mut dyn WriteTxn, parent: Ino, name: &[u8]) -> FsResult<()> {
         if name == b"." {
             return err(ErrorCode::Invalid);
         }
         if name == b".." {
             return err(ErrorCode::NotEmpty);
         }
-        self.store.write(|t| {
+        {
             let mut dir = get_dir(t, parent)?;
             let d = get_dentry(t, parent, name)?.ok_or(RpcError::from(ErrorCode::NotFound))?;
             if d.kind != FileKind::Dir {
@@ -457,30 +595,49 @@ impl<S: MetaStore> Fs<S> {
             dir.mtime = now;
             dir.ctime = now;
             put_inode(t, parent, &dir)
-        })
+        }
+    }
+
+    /// [`Self::rmdir_in`] in a transaction of its own.
+    pub fn rmdir(&self, parent: Ino, name: &[u8]) -> FsResult<()> {
+        self.store.write(|t| self.rmdir_in(t, parent, name))
     }
 
     /// Rename with `rename_flags` (NOREPLACE, EXCHANGE).
-    pub fn rename(&self, parent: Ino, name: &[u8], new_parent: Ino, new_name: &[u8], flags: u32) -> FsResult<()> {
+    pub fn rename_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         check_name(new_name)?;
         if flags & !(rename_flags::NOREPLACE | rename_flags::EXCHANGE) != 0
             || flags == rename_flags::NOREPLACE | rename_flags::EXCHANGE
         {
             return err(ErrorCode::Invalid);
         }
-        self.store.write(|t| {
+        {
             let now = Timestamp::now();
             get_dir(t, parent)?;
             get_dir(t, new_parent)?;
             let src = get_dentry(t, parent, name)?.ok_or(RpcError::from(ErrorCode::NotFound))?;
             let dst = get_dentry(t, new_parent, new_name)?;
             // Moving a directory under itself would detach a loop from the tree.
-            if src.kind == FileKind::Dir && parent != new_parent && is_ancestor(t, src.ino, new_parent)? {
+            if src.kind == FileKind::Dir
+                && parent != new_parent
+                && is_ancestor(t, src.ino, new_parent)?
+            {
                 return err(ErrorCode::Invalid);
             }
             if flags & rename_flags::EXCHANGE != 0 {
                 let dst = dst.ok_or(RpcError::from(ErrorCode::NotFound))?;
-                if dst.kind == FileKind::Dir && parent != new_parent && is_ancestor(t, dst.ino, parent)? {
+                if dst.kind == FileKind::Dir
+                    && parent != new_parent
+                    && is_ancestor(t, dst.ino, parent)?
+                {
                     return err(ErrorCode::Invalid);
                 }
                 return self.exchange(t, parent, name, src, new_parent, new_name, dst, now);
@@ -533,7 +690,20 @@ impl<S: MetaStore> Fs<S> {
                 put_inode(t, parent, &op)?;
             }
             Ok(())
-        })
+        }
+    }
+
+    /// [`Self::rename_in`] in a transaction of its own.
+    pub fn rename(
+        &self,
+        parent: Ino,
+        name: &[u8],
+        new_parent: Ino,
+        new_name: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
+        self.store
+            .write(|t| self.rename_in(t, parent, name, new_parent, new_name, flags))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -549,8 +719,24 @@ impl<S: MetaStore> Fs<S> {
         now: Timestamp,
     ) -> FsResult<()> {
         // Each name keeps its cookie and now points at the other inode.
-        t.put(Table::Dentries, &k2(parent, name), &enc(&DentryRecord { ino: dst.ino, kind: dst.kind, cookie: src.cookie }))?;
-        t.put(Table::Dentries, &k2(new_parent, new_name), &enc(&DentryRecord { ino: src.ino, kind: src.kind, cookie: dst.cookie }))?;
+        t.put(
+            Table::Dentries,
+            &k2(parent, name),
+            &enc(&DentryRecord {
+                ino: dst.ino,
+                kind: dst.kind,
+                cookie: src.cookie,
+            }),
+        )?;
+        t.put(
+            Table::Dentries,
+            &k2(new_parent, new_name),
+            &enc(&DentryRecord {
+                ino: src.ino,
+                kind: src.kind,
+                cookie: dst.cookie,
+            }),
+        )?;
         for (ino, kind, to) in [(src.ino, src.kind, new_parent), (dst.ino, dst.kind, parent)] {
             let mut r = get_inode(t, ino)?;
             r.ctime = now;
@@ -560,7 +746,8 @@ impl<S: MetaStore> Fs<S> {
             put_inode(t, ino, &r)?;
         }
         if parent != new_parent {
-            let dirs_delta = i64::from(src.kind == FileKind::Dir) - i64::from(dst.kind == FileKind::Dir);
+            let dirs_delta =
+                i64::from(src.kind == FileKind::Dir) - i64::from(dst.kind == FileKind::Dir);
             for (p, delta) in [(parent, -dirs_delta), (new_parent, dirs_delta)] {
                 let mut r = get_inode(t, p)?;
                 r.nlink = r.nlink.saturating_add_signed(delta as i32);
@@ -578,9 +765,15 @@ impl<S: MetaStore> Fs<S> {
     }
 
     /// A new hard link.
-    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
+    pub fn link_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        ino: Ino,
+        new_parent: Ino,
+        new_name: &[u8],
+    ) -> FsResult<Attr> {
         check_name(new_name)?;
-        self.store.write(|t| {
+        {
             let mut rec = get_inode(t, ino)?;
             if rec.kind == FileKind::Dir {
                 return err(ErrorCode::NotPermitted);
@@ -604,22 +797,51 @@ impl<S: MetaStore> Fs<S> {
             rec.ctime = now;
             put_inode(t, ino, &rec)?;
             Ok(rec.attr(ino))
-        })
+        }
+    }
+
+    /// [`Self::link_in`] in a transaction of its own.
+    pub fn link(&self, ino: Ino, new_parent: Ino, new_name: &[u8]) -> FsResult<Attr> {
+        self.store
+            .write(|t| self.link_in(t, ino, new_parent, new_name))
     }
 
     /// Entries of a directory after `cookie`.
-    pub fn readdir(&self, ino: Ino, cookie: u64, limit: u32, plus: bool) -> FsResult<(Vec<DirEntry>, bool)> {
+    pub fn readdir(
+        &self,
+        ino: Ino,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    ) -> FsResult<(Vec<DirEntry>, bool)> {
         let limit = limit.clamp(1, READDIR_MAX) as usize;
         self.store.read(|t| {
             get_dir(t, ino)?;
-            let rows = t.range(Table::DirCookies, &kk(ino, cookie.saturating_add(1)), &kk(ino + 1, 0), limit + 1)?;
+            let rows = t.range(
+                Table::DirCookies,
+                &kk(ino, cookie.saturating_add(1)),
+                &kk(ino + 1, 0),
+                limit + 1,
+            )?;
             let eof = rows.len() <= limit;
             let mut out = Vec::with_capacity(rows.len().min(limit));
             for (k, name) in rows.into_iter().take(limit) {
                 let cookie = u64_at(&k, 8).ok_or_else(|| StoreError("short cookie key".into()))?;
-                let Some(d) = get_dentry(t, ino, &name)? else { continue };
-                let attr = if plus { Some(get_inode(t, d.ino)?.attr(d.ino)) } else { None };
-                out.push(DirEntry { name, ino: d.ino, kind: d.kind, cookie, attr });
+                let Some(d) = get_dentry(t, ino, &name)? else {
+                    continue;
+                };
+                let attr = if plus {
+                    Some(get_inode(t, d.ino)?.attr(d.ino))
+                } else {
+                    None
+                };
+                out.push(DirEntry {
+                    name,
+                    ino: d.ino,
+                    kind: d.kind,
+                    cookie,
+                    attr,
+                });
             }
             Ok((out, eof))
         })
@@ -629,19 +851,31 @@ impl<S: MetaStore> Fs<S> {
     pub fn statfs(&self) -> FsResult<StatFs> {
         self.store.read(|t| {
             let u = usage(t)?;
-            Ok(StatFs { used_bytes: u.bytes, used_inodes: u.inodes, total_bytes: 1 << 50, total_inodes: 1 << 32 })
+            Ok(StatFs {
+                used_bytes: u.bytes,
+                used_inodes: u.inodes,
+                total_bytes: 1 << 50,
+                total_inodes: 1 << 32,
+            })
         })
     }
 
     /// Set an xattr.
-    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+    pub fn setxattr_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        ino: Ino,
+        name: &[u8],
+        value: &[u8],
+        flags: u32,
+    ) -> FsResult<()> {
         if name.is_empty() || name.len() > NAME_MAX {
             return err(ErrorCode::TooBig);
         }
         if value.len() > XATTR_VALUE_MAX {
             return err(ErrorCode::TooBig);
         }
-        self.store.write(|t| {
+        {
             let mut rec = get_inode(t, ino)?;
             let key = k2(ino, name);
             let exists = t.get(Table::Xattrs, &key)?.is_some();
@@ -654,14 +888,21 @@ impl<S: MetaStore> Fs<S> {
             t.put(Table::Xattrs, &key, value)?;
             rec.ctime = Timestamp::now();
             put_inode(t, ino, &rec)
-        })
+        }
+    }
+
+    /// [`Self::setxattr_in`] in a transaction of its own.
+    pub fn setxattr(&self, ino: Ino, name: &[u8], value: &[u8], flags: u32) -> FsResult<()> {
+        self.store
+            .write(|t| self.setxattr_in(t, ino, name, value, flags))
     }
 
     /// Value of an xattr.
     pub fn getxattr(&self, ino: Ino, name: &[u8]) -> FsResult<Vec<u8>> {
         self.store.read(|t| {
             get_inode(t, ino)?;
-            t.get(Table::Xattrs, &k2(ino, name))?.ok_or(RpcError::from(ErrorCode::NoXattr))
+            t.get(Table::Xattrs, &k2(ino, name))?
+                .ok_or(RpcError::from(ErrorCode::NoXattr))
         })
     }
 
@@ -669,14 +910,19 @@ impl<S: MetaStore> Fs<S> {
     pub fn listxattr(&self, ino: Ino) -> FsResult<Vec<Vec<u8>>> {
         self.store.read(|t| {
             get_inode(t, ino)?;
-            let rows = t.range(Table::Xattrs, &ino.to_be_bytes(), &(ino + 1).to_be_bytes(), usize::MAX)?;
+            let rows = t.range(
+                Table::Xattrs,
+                &ino.to_be_bytes(),
+                &(ino + 1).to_be_bytes(),
+                usize::MAX,
+            )?;
             Ok(rows.into_iter().map(|(k, _)| k[8..].to_vec()).collect())
         })
     }
 
     /// Remove an xattr.
-    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
-        self.store.write(|t| {
+    pub fn removexattr_in(&self, t: &mut dyn WriteTxn, ino: Ino, name: &[u8]) -> FsResult<()> {
+        {
             let mut rec = get_inode(t, ino)?;
             let key = k2(ino, name);
             if t.get(Table::Xattrs, &key)?.is_none() {
@@ -685,35 +931,104 @@ impl<S: MetaStore> Fs<S> {
             t.delete(Table::Xattrs, &key)?;
             rec.ctime = Timestamp::now();
             put_inode(t, ino, &rec)
-        })
+        }
+    }
+
+    /// [`Self::removexattr_in`] in a transaction of its own.
+    pub fn removexattr(&self, ino: Ino, name: &[u8]) -> FsResult<()> {
+        self.store.write(|t| self.removexattr_in(t, ino, name))
     }
 
     /// Record an open of `ino` by `session`.
-    pub fn open(&self, ino: Ino, session: u64) -> FsResult<Attr> {
-        self.store.write(|t| {
+    pub fn open_in(&self, t: &mut dyn WriteTxn, ino: Ino, session: u64) -> FsResult<Attr> {
+        {
             let rec = get_inode(t, ino)?;
             let key = kk(ino, session);
-            let n = t.get(Table::Opens, &key)?.and_then(|v| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))).unwrap_or(0);
+            let n = t
+                .get(Table::Opens, &key)?
+                .and_then(|v| {
+                    v.get(..4)
+                        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+                })
+                .unwrap_or(0);
             t.put(Table::Opens, &key, &(n + 1).to_be_bytes())?;
+            t.put(Table::SessionOpens, &kk(session, ino), &[])?;
             Ok(rec.attr(ino))
-        })
+        }
+    }
+
+    /// [`Self::open_in`] in a transaction of its own.
+    pub fn open(&self, ino: Ino, session: u64) -> FsResult<Attr> {
+        self.store.write(|t| self.open_in(t, ino, session))
     }
 
     /// Drop an open of `ino` by `session`; the last close of an unlinked inode frees it.
-    pub fn release(&self, ino: Ino, session: u64) -> FsResult<()> {
-        self.store.write(|t| {
+    pub fn release_in(&self, t: &mut dyn WriteTxn, ino: Ino, session: u64) -> FsResult<()> {
+        {
             let key = kk(ino, session);
-            let n = t.get(Table::Opens, &key)?.and_then(|v| v.get(..4).map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))).unwrap_or(0);
+            let n = t
+                .get(Table::Opens, &key)?
+                .and_then(|v| {
+                    v.get(..4)
+                        .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")))
+                })
+                .unwrap_or(0);
             if n > 1 {
                 t.put(Table::Opens, &key, &(n - 1).to_be_bytes())?;
                 return Ok(());
             }
-            t.delete(Table::Opens, &key)?;
-            if t.get(Table::Orphans, &ino.to_be_bytes())?.is_some() && !is_open(t, ino)? {
-                let rec = get_inode(t, ino)?;
-                purge_inode(t, ino, &rec, Timestamp::now())?;
+            self.close_all_in(t, ino, session)
+        }
+    }
+
+    /// [`Self::release_in`] in a transaction of its own.
+    pub fn release(&self, ino: Ino, session: u64) -> FsResult<()> {
+        self.store.write(|t| self.release_in(t, ino, session))
+    }
+
+    /// Drop every open of `ino` by `session`; frees the inode if it was the last open of an
+    /// unlinked file.
+    fn close_all_in(&self, t: &mut dyn WriteTxn, ino: Ino, session: u64) -> FsResult<()> {
+        t.delete(Table::Opens, &kk(ino, session))?;
+        t.delete(Table::SessionOpens, &kk(session, ino))?;
+        if t.get(Table::Orphans, &ino.to_be_bytes())?.is_some() && !is_open(t, ino)? {
+            let rec = get_inode(t, ino)?;
+            purge_inode(t, ino, &rec, Timestamp::now())?;
+        }
+        Ok(())
+    }
+
+    /// End a session: release its locks and opens (freeing unlinked files it kept alive) and
+    /// forget its stored outcomes.
+    pub fn end_session_in(&self, t: &mut dyn WriteTxn, session: u64) -> FsResult<()> {
+        self.release_session_locks_in(t, session)?;
+        for (k, _) in t.range(
+            Table::SessionOpens,
+            &kk(session, 0),
+            &kk(session + 1, 0),
+            usize::MAX,
+        )? {
+            let ino = u64_at(&k, 8).ok_or_else(|| StoreError("short session-open key".into()))?;
+            self.close_all_in(t, ino, session)?;
+        }
+        loop {
+            let rows = t.range(Table::Outcomes, &kk(session, 0), &kk(session + 1, 0), 1024)?;
+            if rows.is_empty() {
+                break;
             }
-            Ok(())
+            for (k, _) in rows {
+                t.delete(Table::Outcomes, &k)?;
+            }
+        }
+        t.delete(Table::Sessions, &session.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// Every session in the store, for expiry after a restart.
+    pub fn sessions(&self) -> FsResult<Vec<u64>> {
+        self.store.read(|t| {
+            let rows = t.range(Table::Sessions, &[], &[0xff; 9], usize::MAX)?;
+            Ok(rows.iter().filter_map(|(k, _)| u64_at(k, 0)).collect())
         })
     }
 
@@ -733,9 +1048,16 @@ impl<S: MetaStore> Fs<S> {
     }
 
     /// Commit blocks already durable in object storage; grow the file to at least `size`.
-    pub fn commit_write(&self, ino: Ino, blocks: &[BlockRef], size: u64, mtime: Timestamp) -> FsResult<Attr> {
+    pub fn commit_write_in(
+        &self,
+        t: &mut dyn WriteTxn,
+        ino: Ino,
+        blocks: &[BlockRef],
+        size: u64,
+        mtime: Timestamp,
+    ) -> FsResult<Attr> {
         let bs = self.block_size;
-        self.store.write(|t| {
+        {
             let mut rec = get_inode(t, ino)?;
             if rec.kind != FileKind::File {
                 return err(ErrorCode::Invalid);
@@ -751,9 +1073,20 @@ impl<S: MetaStore> Fs<S> {
                     if old.version == b.version {
                         continue;
                     }
-                    t.put(Table::Garbage, &garbage_key(now, ino, b.index, old.version), &[])?;
+                    t.put(
+                        Table::Garbage,
+                        &garbage_key(now, ino, b.index, old.version),
+                        &[],
+                    )?;
                 }
-                t.put(Table::Blocks, &key, &enc(&BlockRecord { version: b.version, len: b.len }))?;
+                t.put(
+                    Table::Blocks,
+                    &key,
+                    &enc(&BlockRecord {
+                        version: b.version,
+                        len: b.len,
+                    }),
+                )?;
             }
             if size > rec.size {
                 add_usage(t, 0, (size - rec.size) as i64)?;
@@ -763,7 +1096,19 @@ impl<S: MetaStore> Fs<S> {
             rec.ctime = now;
             put_inode(t, ino, &rec)?;
             Ok(rec.attr(ino))
-        })
+        }
+    }
+
+    /// [`Self::commit_write_in`] in a transaction of its own.
+    pub fn commit_write(
+        &self,
+        ino: Ino,
+        blocks: &[BlockRef],
+        size: u64,
+        mtime: Timestamp,
+    ) -> FsResult<Attr> {
+        self.store
+            .write(|t| self.commit_write_in(t, ino, blocks, size, mtime))
     }
 }
 

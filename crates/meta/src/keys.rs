@@ -17,6 +17,10 @@
 //! | `Orphans`    | ino u64                               | empty                        |
 //! | `Sessions`   | session u64                           | [`SessionRecord`]            |
 //! | `History`    | table u8 · record key · nanos u64     | value before the change      |
+//! | `Outcomes`   | session u64 · seq u64                 | bincode `Response`           |
+//! | `SessionOpens` | session u64 · ino u64               | empty                        |
+//! | `Locks`      | ino u64 · session u64 · owner u64 · start u64 | [`LockRecord`]       |
+//! | `SessionLocks` | session u64 · ino u64               | empty                        |
 //!
 //! Why this shape:
 //! - A directory's entries and its cookies are contiguous under the parent's prefix, so lookup is
@@ -28,6 +32,11 @@
 //! - `Garbage` is ordered by the time a block object was superseded: the reconciler deletes a
 //!   prefix of it once the volume's retention has passed, and the time-travel view needs every
 //!   object newer than its instant to still exist.
+//! - `Outcomes` holds the answer to each mutation in the transaction that made it, so a retried
+//!   request (same session and sequence number) gets the stored answer instead of running
+//!   twice. Clients report the sequence below which every answer arrived; older outcomes go.
+//! - `SessionOpens` and `SessionLocks` index by session what `Opens` and `Locks` index by inode,
+//!   so that ending a session releases everything it held without a full scan.
 //! - `History` (time travel, a later capability) keeps the value a record had before each change,
 //!   keyed by the record's own table and key and then the time, so the state at T is the first
 //!   history entry after T, or the current record when there is none.
@@ -142,7 +151,11 @@ pub struct BlockRecord {
 impl BlockRecord {
     /// The wire form for block `index`.
     pub fn to_ref(self, index: u64) -> BlockRef {
-        BlockRef { index, version: self.version, len: self.len }
+        BlockRef {
+            index,
+            version: self.version,
+            len: self.len,
+        }
     }
 }
 
@@ -153,6 +166,17 @@ pub struct SessionRecord {
     pub client: String,
     /// When it was opened.
     pub opened: Timestamp,
+}
+
+/// A file lock held by (session, owner) over `start..=end`.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockRecord {
+    /// Last byte, inclusive.
+    pub end: u64,
+    /// Exclusive or shared.
+    pub write: bool,
+    /// Process that took it.
+    pub pid: u32,
 }
 
 /// Encode a record (bincode, fixed-width integers).
@@ -180,7 +204,8 @@ pub fn kk(a: u64, b: u64) -> Vec<u8> {
 
 /// The first 8 bytes of a key as an integer.
 pub fn u64_at(k: &[u8], at: usize) -> Option<u64> {
-    k.get(at..at + 8).map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    k.get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
 /// Garbage key for a superseded block object.

@@ -9,6 +9,8 @@
 
 pub mod fs;
 pub mod keys;
+pub mod locks;
+pub mod overlay;
 pub mod server;
 pub mod store;
 

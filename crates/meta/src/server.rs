@@ -8,24 +8,39 @@
 //! 3. A malformed frame closes the connection (the client reconnects and resends); it never takes
 //!    the server down.
 //!
+//! Mutations go through one committer thread ([`committer`]): it takes every mutation waiting,
+//! runs each in its own overlay (so a failed one leaves no trace), stores each answer under
+//! (session, seq) in `Outcomes`, and commits the batch as one transaction with one fsync (group
+//! commit). A mutation that arrives again with a (session, seq) already answered gets the stored
+//! answer: a retry after a lost reply, a reconnect or a restart is applied exactly once.
+//!
+//! Sessions: a client heartbeats; a session not heard from for `session_timeout` is ended, which
+//! releases its locks and opens. After a restart every stored session gets a fresh timeout, so
+//! clients that reconnect in time keep their sessions.
+//!
 //! Durability: with `sync`, each transaction is fsync'd before its reply is sent. Without, a
 //! background task makes the commits durable every `flush_interval`; a crash can lose commits
 //! made in the last interval, which `cairn meta serve --help` and docs/operations.md state.
 
 use crate::fs::Fs;
-use crate::store::{MetaStore, RedbStore};
+use crate::keys::{dec, enc, kk};
+use crate::overlay::Overlay;
+use crate::store::{MetaStore, RedbStore, StoreError, Table, WriteTxn};
 use anyhow::{anyhow, bail, Context};
 use cairn_proto::frame;
 use cairn_proto::*;
+use std::collections::HashMap;
 use std::fs::File;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::Duration;
+use std::time::Instant;
 use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
 
 /// Settings of a metadata server.
@@ -41,6 +56,8 @@ pub struct ServeConfig {
     pub sync: bool,
     /// Without `sync`: how often commits are made durable.
     pub flush_interval: Duration,
+    /// A session not heard from for this long is ended: its locks and opens are released.
+    pub session_timeout: Duration,
 }
 
 /// An exclusive lock on a data folder, held for the server's life.
@@ -52,7 +69,8 @@ pub struct FolderLock {
 impl FolderLock {
     /// Take the lock on `dir`, creating the folder if needed.
     pub fn acquire(dir: &Path) -> anyhow::Result<FolderLock> {
-        std::fs::create_dir_all(dir).with_context(|| format!("create data folder {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("create data folder {}", dir.display()))?;
         let path = dir.join("LOCK");
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -77,6 +95,25 @@ impl FolderLock {
     }
 }
 
+/// What the connections share.
+struct Shared {
+    fs: Arc<Fs<RedbStore>>,
+    info: VolumeInfo,
+    commits: std::sync::mpsc::Sender<Job>,
+    /// Last time each live session was heard from.
+    seen: Mutex<HashMap<u64, Instant>>,
+    heartbeat: Duration,
+}
+
+/// A mutation waiting for the committer.
+struct Job {
+    session: u64,
+    seq: u64,
+    acked: u64,
+    request: Request,
+    reply: oneshot::Sender<Response>,
+}
+
 /// A running metadata server.
 pub struct MetaServer {
     addr: SocketAddr,
@@ -96,7 +133,8 @@ impl MetaServer {
             .await?
             .map_err(|e| anyhow!("{e}"))
             .with_context(|| format!("open metadata database {}", db_path.display()))?;
-        let (fs, info) = Fs::load(store, cfg.volume.clone()).map_err(|e| anyhow!("{}", e.message))?;
+        let (fs, info) =
+            Fs::load(store, cfg.volume.clone()).map_err(|e| anyhow!("{}", e.message))?;
         let fs = Arc::new(fs);
         let listener = TcpListener::bind(cfg.bind_addr).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => anyhow!(
@@ -106,15 +144,41 @@ impl MetaServer {
             _ => anyhow!("cannot listen on {}: {e}; check --bind-addr", cfg.bind_addr),
         })?;
         let addr = listener.local_addr()?;
+        let (commits, rx) = std::sync::mpsc::channel();
+        let cfs = fs.clone();
+        std::thread::Builder::new()
+            .name("committer".into())
+            .spawn(move || committer(&cfs, rx))?;
+        // Sessions from before a restart get a fresh timeout to reconnect in.
+        let now = Instant::now();
+        let seen = fs
+            .sessions()
+            .map_err(|e| anyhow!("{}", e.message))?
+            .into_iter()
+            .map(|s| (s, now))
+            .collect();
+        let shared = Arc::new(Shared {
+            fs: fs.clone(),
+            info: info.clone(),
+            commits,
+            seen: Mutex::new(seen),
+            heartbeat: (cfg.session_timeout / 4).max(Duration::from_millis(100)),
+        });
         info!(%addr, volume = %info.name, block_size = info.block_size, compression = %info.compression, sync = cfg.sync, "metadata server listening");
         let (shutdown, rx) = watch::channel(false);
-        let task = tokio::spawn(accept_loop(listener, fs.clone(), info, rx.clone()));
+        let task = tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
         if !cfg.sync {
-            tokio::spawn(flush_loop(fs.clone(), cfg.flush_interval, rx));
+            tokio::spawn(flush_loop(fs.clone(), cfg.flush_interval, rx.clone()));
         }
-        Ok(MetaServer { addr, shutdown, task, fs, _lock: lock })
+        tokio::spawn(expiry_loop(shared, cfg.session_timeout, rx));
+        Ok(MetaServer {
+            addr,
+            shutdown,
+            task,
+            fs,
+            _lock: lock,
+        })
     }
-
     /// The address it listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
@@ -125,7 +189,9 @@ impl MetaServer {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
         let fs = self.fs.clone();
-        tokio::task::spawn_blocking(move || fs.store().flush()).await?.map_err(|e| anyhow!("{e}"))?;
+        tokio::task::spawn_blocking(move || fs.store().flush())
+            .await?
+            .map_err(|e| anyhow!("{e}"))?;
         info!("metadata server stopped");
         Ok(())
     }
@@ -147,7 +213,115 @@ async fn flush_loop(fs: Arc<Fs<RedbStore>>, every: Duration, mut stop: watch::Re
     }
 }
 
-async fn accept_loop(listener: TcpListener, fs: Arc<Fs<RedbStore>>, info: VolumeInfo, mut stop: watch::Receiver<bool>) {
+async fn expiry_loop(shared: Arc<Shared>, timeout: Duration, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(
+        (timeout / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+    );
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let expired: Vec<u64> = {
+            let mut seen = shared.seen.lock().expect("sessions lock");
+            let gone: Vec<u64> = seen
+                .iter()
+                .filter(|(_, t)| t.elapsed() > timeout)
+                .map(|(s, _)| *s)
+                .collect();
+            for s in &gone {
+                seen.remove(s);
+            }
+            gone
+        };
+        for session in expired {
+            let fs = shared.fs.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                fs.store().write(|t| fs.end_session_in(t, session))
+            })
+            .await;
+            match r {
+                Ok(Ok(())) => info!(session, "session expired: its locks and opens are released"),
+                Ok(Err(e)) => warn!(session, "cannot end expired session: {}", e.message),
+                Err(e) => warn!(session, "cannot end expired session: {e}"),
+            }
+        }
+    }
+}
+
+/// Run batches of mutations: one transaction and one commit for everything waiting.
+fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < 512 {
+            match rx.try_recv() {
+                Ok(j) => batch.push(j),
+                Err(_) => break,
+            }
+        }
+        let result = fs.store().write(|t| {
+            let mut out = Vec::with_capacity(batch.len());
+            for job in &batch {
+                out.push(run_once(fs, t, job)?);
+            }
+            Ok::<_, StoreError>(out)
+        });
+        match result {
+            Ok(responses) => {
+                for (job, resp) in batch.into_iter().zip(responses) {
+                    let _ = job.reply.send(resp);
+                }
+            }
+            Err(e) => {
+                warn!("commit of {} metadata changes failed: {e}", batch.len());
+                for job in batch {
+                    let _ = job.reply.send(Err(RpcError::new(
+                        ErrorCode::Io,
+                        format!("commit failed: {e}"),
+                    )));
+                }
+            }
+        }
+    }
+}
+
+/// Apply one mutation exactly once: return the stored answer of an earlier attempt, or run it in
+/// an overlay and keep its changes and answer only if it succeeds.
+fn run_once(fs: &Fs<RedbStore>, t: &mut dyn WriteTxn, job: &Job) -> Result<Response, StoreError> {
+    let key = kk(job.session, job.seq);
+    if job.seq != 0 {
+        if let Some(v) = t.get(Table::Outcomes, &key)? {
+            return dec(&v);
+        }
+        if job.acked > 0 {
+            let old = t.range(
+                Table::Outcomes,
+                &kk(job.session, 0),
+                &kk(job.session, job.acked + 1),
+                8,
+            )?;
+            for (k, _) in old {
+                t.delete(Table::Outcomes, &k)?;
+            }
+        }
+    }
+    let mut overlay = Overlay::new(t);
+    match apply_in(fs, &mut overlay, job.session, &job.request) {
+        Ok(reply) => {
+            let resp: Response = Ok(reply);
+            if job.seq != 0 {
+                overlay.put(Table::Outcomes, &key, &enc(&resp))?;
+            }
+            overlay.apply()?;
+            Ok(resp)
+        }
+        // The overlay is dropped: a failed mutation changes nothing. Its answer is not stored;
+        // a retry runs it again against the then-current state.
+        Err(e) => Ok(Err(e)),
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
         let (sock, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -161,9 +335,9 @@ async fn accept_loop(listener: TcpListener, fs: Arc<Fs<RedbStore>>, info: Volume
             _ = stop.changed() => return,
         };
         let _ = sock.set_nodelay(true);
-        let (fs, info, stop) = (fs.clone(), info.clone(), stop.clone());
+        let (shared, stop) = (shared.clone(), stop.clone());
         tokio::spawn(async move {
-            match connection(sock, fs, info, stop).await {
+            match connection(sock, shared, stop).await {
                 Ok(()) => debug!(%peer, "connection closed"),
                 Err(e) => info!(%peer, "connection dropped: {e:#}"),
             }
@@ -171,7 +345,11 @@ async fn accept_loop(listener: TcpListener, fs: Arc<Fs<RedbStore>>, info: Volume
     }
 }
 
-async fn connection(sock: TcpStream, fs: Arc<Fs<RedbStore>>, info: VolumeInfo, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+async fn connection(
+    sock: TcpStream,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
     let (mut rd, wr) = sock.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     let writer = tokio::spawn(async move {
@@ -195,10 +373,17 @@ async fn connection(sock: TcpStream, fs: Arc<Fs<RedbStore>>, info: VolumeInfo, m
         let Some((id, body)) = frame else { break };
         let env: Envelope = frame::decode(&body)?;
         let op = env.request.op_name();
-        if let Request::Hello { protocol, volume, session: resume, client } = env.request {
-            let fs = fs.clone();
-            let info = info.clone();
-            let resp = tokio::task::spawn_blocking(move || hello(&fs, &info, protocol, &volume, resume, &client)).await?;
+        if let Request::Hello {
+            protocol,
+            volume,
+            session: resume,
+            client,
+        } = env.request
+        {
+            let sh = shared.clone();
+            let resp =
+                tokio::task::spawn_blocking(move || hello(&sh, protocol, &volume, resume, &client))
+                    .await?;
             if let Ok(Reply::Hello { session: s, .. }) = &resp {
                 session = Some(*s);
             }
@@ -206,15 +391,55 @@ async fn connection(sock: TcpStream, fs: Arc<Fs<RedbStore>>, info: VolumeInfo, m
             continue;
         }
         let Some(sess) = session else {
-            let resp: Response = Err(RpcError::new(ErrorCode::Internal, "the first request must be Hello"));
+            let resp: Response = Err(RpcError::new(
+                ErrorCode::Internal,
+                "the first request must be Hello",
+            ));
             tx.send(frame::encode(id, &resp)?).await?;
             continue;
         };
-        let (fs, tx) = (fs.clone(), tx.clone());
+        if let Request::Heartbeat = env.request {
+            let known = shared
+                .seen
+                .lock()
+                .expect("sessions lock")
+                .get_mut(&sess)
+                .map(|t| *t = Instant::now())
+                .is_some();
+            let resp: Response = if known {
+                Ok(Reply::Empty)
+            } else {
+                Err(RpcError::new(ErrorCode::Stale, "session expired"))
+            };
+            tx.send(frame::encode(id, &resp)?).await?;
+            continue;
+        }
+        let (shared, tx) = (shared.clone(), tx.clone());
         tokio::spawn(async move {
-            let resp = match tokio::task::spawn_blocking(move || dispatch(&fs, sess, env.request)).await {
-                Ok(r) => r,
-                Err(e) => Err(RpcError::new(ErrorCode::Internal, format!("{op} failed: {e}"))),
+            let resp = if env.request.is_mutation() {
+                let (reply, wait) = oneshot::channel();
+                let job = Job {
+                    session: sess,
+                    seq: env.seq,
+                    acked: env.acked,
+                    request: env.request,
+                    reply,
+                };
+                match shared.commits.send(job) {
+                    Ok(()) => wait.await.unwrap_or_else(|_| {
+                        Err(RpcError::new(ErrorCode::Internal, "committer stopped"))
+                    }),
+                    Err(_) => Err(RpcError::new(ErrorCode::Internal, "committer stopped")),
+                }
+            } else {
+                let fs = shared.fs.clone();
+                match tokio::task::spawn_blocking(move || read(&fs, sess, env.request)).await {
+                    Ok(r) => r,
+                    Err(e) => Err(RpcError::new(
+                        ErrorCode::Internal,
+                        format!("{op} failed: {e}"),
+                    )),
+                }
             };
             if let Err(e) = &resp {
                 if matches!(e.code, ErrorCode::Io | ErrorCode::Internal) {
@@ -234,77 +459,193 @@ async fn connection(sock: TcpStream, fs: Arc<Fs<RedbStore>>, info: VolumeInfo, m
     Ok(())
 }
 
-fn hello(fs: &Fs<RedbStore>, info: &VolumeInfo, protocol: u32, volume: &str, resume: Option<u64>, client: &str) -> Response {
+fn hello(
+    shared: &Shared,
+    protocol: u32,
+    volume: &str,
+    resume: Option<u64>,
+    client: &str,
+) -> Response {
     if protocol != PROTOCOL_VERSION {
         return Err(RpcError::new(
             ErrorCode::Unsupported,
             format!("client speaks protocol {protocol}, this server speaks {PROTOCOL_VERSION}: use matching cairn versions"),
         ));
     }
-    if volume != info.name {
+    if volume != shared.info.name {
         return Err(RpcError::new(
             ErrorCode::NotFound,
-            format!("this metadata server serves volume `{}`, not `{volume}`: check the volume name", info.name),
+            format!(
+                "this metadata server serves volume `{}`, not `{volume}`: check the volume name",
+                shared.info.name
+            ),
         ));
     }
-    let session = match resume {
-        Some(s) if fs.session_exists(s)? => s,
-        _ => fs.new_session(client)?,
+    let known = resume.filter(|s| shared.seen.lock().expect("sessions lock").contains_key(s));
+    let session = match known {
+        Some(s) => s,
+        None => {
+            if let Some(old) = resume {
+                warn!(
+                    session = old,
+                    client, "client resumed an expired session: its locks were released"
+                );
+            }
+            shared.fs.new_session(client)?
+        }
     };
-    info!(session, client, resumed = resume == Some(session), "client session");
-    Ok(Reply::Hello { session, volume: info.clone() })
+    shared
+        .seen
+        .lock()
+        .expect("sessions lock")
+        .insert(session, Instant::now());
+    info!(
+        session,
+        client,
+        resumed = resume == Some(session),
+        "client session"
+    );
+    Ok(Reply::Hello {
+        session,
+        volume: shared.info.clone(),
+        heartbeat_ms: shared.heartbeat.as_millis() as u64,
+    })
 }
 
-/// Execute one request for `session`.
-pub fn dispatch<S: MetaStore>(fs: &Fs<S>, session: u64, req: Request) -> Response {
+/// Answer a request that changes nothing.
+pub fn read<S: MetaStore>(fs: &Fs<S>, session: u64, req: Request) -> Response {
     Ok(match req {
-        Request::Hello { .. } => return Err(RpcError::new(ErrorCode::Invalid, "Hello sent twice")),
         Request::Lookup { parent, name } => Reply::Attr(fs.lookup(parent, &name)?),
         Request::GetAttr { ino } => Reply::Attr(fs.getattr(ino)?),
-        Request::SetAttr { ino, set, caller: _ } => Reply::Attr(fs.setattr(ino, &set)?),
-        Request::Mknod { parent, name, kind, perm, rdev, caller, open } => {
-            Reply::Attr(fs.mknod(parent, &name, kind, perm, rdev, &caller, session, open)?)
-        }
-        Request::Mkdir { parent, name, perm, caller } => Reply::Attr(fs.mkdir(parent, &name, perm, &caller)?),
-        Request::Unlink { parent, name, caller: _ } => {
-            fs.unlink(parent, &name)?;
-            Reply::Empty
-        }
-        Request::Rmdir { parent, name, caller: _ } => {
-            fs.rmdir(parent, &name)?;
-            Reply::Empty
-        }
-        Request::Rename { parent, name, new_parent, new_name, flags, caller: _ } => {
-            fs.rename(parent, &name, new_parent, &new_name, flags)?;
-            Reply::Empty
-        }
-        Request::Link { ino, new_parent, new_name, caller: _ } => Reply::Attr(fs.link(ino, new_parent, &new_name)?),
-        Request::Symlink { parent, name, target, caller } => Reply::Attr(fs.symlink(parent, &name, &target, &caller)?),
         Request::ReadLink { ino } => Reply::Data(fs.readlink(ino)?),
-        Request::ReadDir { ino, cookie, limit, plus } => {
+        Request::ReadDir {
+            ino,
+            cookie,
+            limit,
+            plus,
+        } => {
             let (entries, eof) = fs.readdir(ino, cookie, limit, plus)?;
             Reply::Dir { entries, eof }
         }
         Request::StatFs => Reply::StatFs(fs.statfs()?),
-        Request::SetXattr { ino, name, value, flags } => {
-            fs.setxattr(ino, &name, &value, flags)?;
-            Reply::Empty
-        }
         Request::GetXattr { ino, name } => Reply::Data(fs.getxattr(ino, &name)?),
         Request::ListXattr { ino } => Reply::Names(fs.listxattr(ino)?),
-        Request::RemoveXattr { ino, name } => {
-            fs.removexattr(ino, &name)?;
-            Reply::Empty
-        }
-        Request::Open { ino } => Reply::Attr(fs.open(ino, session)?),
-        Request::Release { ino } => {
-            fs.release(ino, session)?;
-            Reply::Empty
-        }
         Request::GetBlocks { ino, first, count } => {
             let (blocks, size) = fs.get_blocks(ino, first, count)?;
             Reply::Blocks { blocks, size }
         }
-        Request::CommitWrite { ino, blocks, size, mtime } => Reply::Attr(fs.commit_write(ino, &blocks, size, mtime)?),
+        Request::GetLock { ino, lock } => Reply::Lock(fs.get_lock(ino, session, &lock)?),
+        other => {
+            return Err(RpcError::new(
+                ErrorCode::Internal,
+                format!("{} is not a read", other.op_name()),
+            ))
+        }
+    })
+}
+
+/// Apply a mutation for `session` within the transaction `t`.
+pub fn apply_in<S: MetaStore>(
+    fs: &Fs<S>,
+    t: &mut dyn WriteTxn,
+    session: u64,
+    req: &Request,
+) -> Response {
+    Ok(match req {
+        Request::SetAttr {
+            ino,
+            set,
+            caller: _,
+        } => Reply::Attr(fs.setattr_in(t, *ino, set)?),
+        Request::Mknod {
+            parent,
+            name,
+            kind,
+            perm,
+            rdev,
+            caller,
+            open,
+        } => Reply::Attr(fs.mknod_in(
+            t, *parent, name, *kind, *perm, *rdev, caller, session, *open,
+        )?),
+        Request::Mkdir {
+            parent,
+            name,
+            perm,
+            caller,
+        } => Reply::Attr(fs.mkdir_in(t, *parent, name, *perm, caller)?),
+        Request::Unlink {
+            parent,
+            name,
+            caller: _,
+        } => {
+            fs.unlink_in(t, *parent, name)?;
+            Reply::Empty
+        }
+        Request::Rmdir {
+            parent,
+            name,
+            caller: _,
+        } => {
+            fs.rmdir_in(t, *parent, name)?;
+            Reply::Empty
+        }
+        Request::Rename {
+            parent,
+            name,
+            new_parent,
+            new_name,
+            flags,
+            caller: _,
+        } => {
+            fs.rename_in(t, *parent, name, *new_parent, new_name, *flags)?;
+            Reply::Empty
+        }
+        Request::Link {
+            ino,
+            new_parent,
+            new_name,
+            caller: _,
+        } => Reply::Attr(fs.link_in(t, *ino, *new_parent, new_name)?),
+        Request::Symlink {
+            parent,
+            name,
+            target,
+            caller,
+        } => Reply::Attr(fs.symlink_in(t, *parent, name, target, caller)?),
+        Request::SetXattr {
+            ino,
+            name,
+            value,
+            flags,
+        } => {
+            fs.setxattr_in(t, *ino, name, value, *flags)?;
+            Reply::Empty
+        }
+        Request::RemoveXattr { ino, name } => {
+            fs.removexattr_in(t, *ino, name)?;
+            Reply::Empty
+        }
+        Request::Open { ino } => Reply::Attr(fs.open_in(t, *ino, session)?),
+        Request::Release { ino } => {
+            fs.release_in(t, *ino, session)?;
+            Reply::Empty
+        }
+        Request::CommitWrite {
+            ino,
+            blocks,
+            size,
+            mtime,
+        } => Reply::Attr(fs.commit_write_in(t, *ino, blocks, *size, *mtime)?),
+        Request::SetLock { ino, lock } => {
+            fs.set_lock_in(t, *ino, session, lock)?;
+            Reply::Empty
+        }
+        other => {
+            return Err(RpcError::new(
+                ErrorCode::Internal,
+                format!("{} is not a mutation", other.op_name()),
+            ))
+        }
     })
 }

@@ -35,7 +35,7 @@ store_err!(
 );
 
 /// The tables of the metadata store. Key layouts are documented in [`crate::keys`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Table {
     /// Volume settings, counters.
     Super,
@@ -59,11 +59,19 @@ pub enum Table {
     Sessions,
     /// (table, record key, time) -> value before the change: history for time travel.
     History,
+    /// (session, seq) -> response: outcomes of mutations, for exactly-once retries.
+    Outcomes,
+    /// (session, ino) -> (): the inodes a session has open (to release them when it ends).
+    SessionOpens,
+    /// (ino, session, owner, start) -> lock: file locks.
+    Locks,
+    /// (session, ino) -> (): the inodes a session holds locks on.
+    SessionLocks,
 }
 
 impl Table {
     /// Every table, for engines that create them up front and for backups.
-    pub const ALL: [Table; 11] = [
+    pub const ALL: [Table; 15] = [
         Table::Super,
         Table::Inodes,
         Table::Dentries,
@@ -75,6 +83,10 @@ impl Table {
         Table::Orphans,
         Table::Sessions,
         Table::History,
+        Table::Outcomes,
+        Table::SessionOpens,
+        Table::Locks,
+        Table::SessionLocks,
     ];
 
     fn name(self) -> &'static str {
@@ -90,6 +102,10 @@ impl Table {
             Table::Orphans => "orphans",
             Table::Sessions => "sessions",
             Table::History => "history",
+            Table::Outcomes => "outcomes",
+            Table::SessionOpens => "session_opens",
+            Table::Locks => "locks",
+            Table::SessionLocks => "session_locks",
         }
     }
 
@@ -106,7 +122,13 @@ pub trait ReadTxn {
     /// The value under `key`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
     /// Up to `limit` pairs with `start <= key < end`, in key order.
-    fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StoreError>;
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, StoreError>;
 }
 
 /// Reads and writes within a transaction.
@@ -120,9 +142,15 @@ pub trait WriteTxn: ReadTxn {
 /// A transactional store of the tables in [`Table`].
 pub trait MetaStore: Send + Sync + 'static {
     /// Run `f` in a read transaction over a consistent snapshot.
-    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>) -> Result<R, E>;
+    fn read<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>,
+    ) -> Result<R, E>;
     /// Run `f` in a write transaction; commit if it returns `Ok`, abort otherwise.
-    fn write<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>) -> Result<R, E>;
+    fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
+    ) -> Result<R, E>;
     /// Make every commit so far durable (for the non-`--sync` mode's periodic flush).
     fn flush(&self) -> Result<(), StoreError>;
     /// Write a consistent copy of the whole store to `path` (a new file).
@@ -155,7 +183,11 @@ impl RedbStore {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
-        Ok(RedbStore { db, sync, dirty: AtomicBool::new(false) })
+        Ok(RedbStore {
+            db,
+            sync,
+            dirty: AtomicBool::new(false),
+        })
     }
 }
 
@@ -184,7 +216,13 @@ impl ReadTxn for RedbRead {
         let t = self.0.open_table(table.def())?;
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
-    fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
         scan(&self.0.open_table(table.def())?, start, end, limit)
     }
 }
@@ -195,7 +233,13 @@ impl ReadTxn for RedbWrite {
         let v = t.get(key)?.map(|v| v.value().to_vec());
         Ok(v)
     }
-    fn range(&self, table: Table, start: &[u8], end: &[u8], limit: usize) -> Result<Pairs, StoreError> {
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
         scan(&self.0.open_table(table.def())?, start, end, limit)
     }
 }
@@ -212,14 +256,24 @@ impl WriteTxn for RedbWrite {
 }
 
 impl MetaStore for RedbStore {
-    fn read<R, E: From<StoreError>>(&self, f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>) -> Result<R, E> {
+    fn read<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>,
+    ) -> Result<R, E> {
         let txn = RedbRead(self.db.begin_read().map_err(StoreError::from)?);
         f(&txn)
     }
 
-    fn write<R, E: From<StoreError>>(&self, f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>) -> Result<R, E> {
+    fn write<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
+    ) -> Result<R, E> {
         let mut txn = self.db.begin_write().map_err(StoreError::from)?;
-        let durability = if self.sync { redb::Durability::Immediate } else { redb::Durability::None };
+        let durability = if self.sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
         txn.set_durability(durability).map_err(StoreError::from)?;
         let mut txn = RedbWrite(txn);
         let out = f(&mut txn)?;

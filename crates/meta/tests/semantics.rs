@@ -5,7 +5,11 @@ use cairn_meta::store::RedbStore;
 use cairn_proto::*;
 
 fn volume() -> VolumeInfo {
-    VolumeInfo { name: "t".into(), block_size: 1 << 20, compression: "none".into() }
+    VolumeInfo {
+        name: "t".into(),
+        block_size: 1 << 20,
+        compression: "none".into(),
+    }
 }
 
 fn fresh() -> (tempfile::TempDir, Fs<RedbStore>) {
@@ -15,10 +19,24 @@ fn fresh() -> (tempfile::TempDir, Fs<RedbStore>) {
     (dir, fs)
 }
 
-const ME: Caller = Caller { uid: 1000, gid: 1000, pid: 1 };
+const ME: Caller = Caller {
+    uid: 1000,
+    gid: 1000,
+    pid: 1,
+};
 
 fn file(fs: &Fs<RedbStore>, parent: Ino, name: &str) -> Attr {
-    fs.mknod(parent, name.as_bytes(), FileKind::File, 0o644, 0, &ME, 1, false).unwrap()
+    fs.mknod(
+        parent,
+        name.as_bytes(),
+        FileKind::File,
+        0o644,
+        0,
+        &ME,
+        1,
+        false,
+    )
+    .unwrap()
 }
 
 fn code<T: std::fmt::Debug>(r: Result<T, RpcError>) -> ErrorCode {
@@ -28,7 +46,10 @@ fn code<T: std::fmt::Debug>(r: Result<T, RpcError>) -> ErrorCode {
 fn names(fs: &Fs<RedbStore>, dir: Ino) -> Vec<String> {
     let (entries, eof) = fs.readdir(dir, 0, 4096, false).unwrap();
     assert!(eof);
-    let mut v: Vec<String> = entries.into_iter().map(|e| String::from_utf8(e.name).unwrap()).collect();
+    let mut v: Vec<String> = entries
+        .into_iter()
+        .map(|e| String::from_utf8(e.name).unwrap())
+        .collect();
     v.sort();
     v
 }
@@ -40,9 +61,15 @@ fn create_lookup_and_ownership() {
     assert_eq!((a.uid, a.gid, a.perm, a.nlink), (1000, 1000, 0o644, 1));
     assert_eq!(fs.lookup(ROOT_INO, b"a").unwrap().ino, a.ino);
     assert_eq!(code(fs.lookup(ROOT_INO, b"b")), ErrorCode::NotFound);
-    assert_eq!(code(fs.mkdir(ROOT_INO, b"a", 0o755, &ME)), ErrorCode::Exists);
+    assert_eq!(
+        code(fs.mkdir(ROOT_INO, b"a", 0o755, &ME)),
+        ErrorCode::Exists
+    );
     assert_eq!(code(fs.lookup(a.ino, b"x")), ErrorCode::NotDir);
-    assert_eq!(code(fs.mkdir(ROOT_INO, &[b'x'; 256], 0o755, &ME)), ErrorCode::NameTooLong);
+    assert_eq!(
+        code(fs.mkdir(ROOT_INO, &[b'x'; 256], 0o755, &ME)),
+        ErrorCode::NameTooLong
+    );
 }
 
 #[test]
@@ -66,7 +93,10 @@ fn rename_rules() {
     let a = fs.mkdir(ROOT_INO, b"a", 0o755, &ME).unwrap();
     let b = fs.mkdir(a.ino, b"b", 0o755, &ME).unwrap();
     // A directory cannot move under itself.
-    assert_eq!(code(fs.rename(ROOT_INO, b"a", b.ino, b"x", 0)), ErrorCode::Invalid);
+    assert_eq!(
+        code(fs.rename(ROOT_INO, b"a", b.ino, b"x", 0)),
+        ErrorCode::Invalid
+    );
     let f = file(&fs, ROOT_INO, "f");
     let g = file(&fs, a.ino, "g");
     // Over an existing file: the target is replaced and freed.
@@ -75,12 +105,22 @@ fn rename_rules() {
     assert_eq!(code(fs.getattr(g.ino)), ErrorCode::NotFound);
     // File over directory, directory over file.
     file(&fs, ROOT_INO, "h");
-    assert_eq!(code(fs.rename(ROOT_INO, b"h", a.ino, b"b", 0)), ErrorCode::IsDir);
-    assert_eq!(code(fs.rename(a.ino, b"b", ROOT_INO, b"h", 0)), ErrorCode::NotDir);
+    assert_eq!(
+        code(fs.rename(ROOT_INO, b"h", a.ino, b"b", 0)),
+        ErrorCode::IsDir
+    );
+    assert_eq!(
+        code(fs.rename(a.ino, b"b", ROOT_INO, b"h", 0)),
+        ErrorCode::NotDir
+    );
     // NOREPLACE and EXCHANGE.
-    assert_eq!(code(fs.rename(ROOT_INO, b"h", a.ino, b"g", rename_flags::NOREPLACE)), ErrorCode::Exists);
+    assert_eq!(
+        code(fs.rename(ROOT_INO, b"h", a.ino, b"g", rename_flags::NOREPLACE)),
+        ErrorCode::Exists
+    );
     let h = fs.lookup(ROOT_INO, b"h").unwrap();
-    fs.rename(ROOT_INO, b"h", a.ino, b"g", rename_flags::EXCHANGE).unwrap();
+    fs.rename(ROOT_INO, b"h", a.ino, b"g", rename_flags::EXCHANGE)
+        .unwrap();
     assert_eq!(fs.lookup(ROOT_INO, b"h").unwrap().ino, f.ino);
     assert_eq!(fs.lookup(a.ino, b"g").unwrap().ino, h.ino);
     // Moving a directory across parents moves its `..` link.
@@ -135,7 +175,11 @@ fn readdir_cookies_survive_changes() {
     dedup.sort();
     dedup.dedup();
     assert_eq!(dedup.len(), seen.len(), "no entry twice");
-    assert_eq!(seen.len(), 100 - 2, "listed before deletion: f000, f005; never listed: f050, f099");
+    assert_eq!(
+        seen.len(),
+        100 - 2,
+        "listed before deletion: f000, f005; never listed: f050, f099"
+    );
 }
 
 #[test]
@@ -143,16 +187,40 @@ fn block_map_commit_truncate_and_garbage() {
     let (_d, fs) = fresh();
     let f = file(&fs, ROOT_INO, "f");
     let mb = 1 << 20;
-    let blocks: Vec<BlockRef> = (0..3).map(|i| BlockRef { index: i, version: 10 + i, len: mb }).collect();
-    let a = fs.commit_write(f.ino, &blocks, 3 * u64::from(mb), Timestamp::now()).unwrap();
+    let blocks: Vec<BlockRef> = (0..3)
+        .map(|i| BlockRef {
+            index: i,
+            version: 10 + i,
+            len: mb,
+        })
+        .collect();
+    let a = fs
+        .commit_write(f.ino, &blocks, 3 * u64::from(mb), Timestamp::now())
+        .unwrap();
     assert_eq!(a.size, 3 << 20);
     // Rewrite block 1: a new version replaces it.
-    fs.commit_write(f.ino, &[BlockRef { index: 1, version: 99, len: mb }], 0, Timestamp::now()).unwrap();
+    fs.commit_write(
+        f.ino,
+        &[BlockRef {
+            index: 1,
+            version: 99,
+            len: mb,
+        }],
+        0,
+        Timestamp::now(),
+    )
+    .unwrap();
     let (map, size) = fs.get_blocks(f.ino, 0, 10).unwrap();
     assert_eq!(size, 3 << 20);
-    assert_eq!(map.iter().map(|b| b.version).collect::<Vec<_>>(), [10, 99, 12]);
+    assert_eq!(
+        map.iter().map(|b| b.version).collect::<Vec<_>>(),
+        [10, 99, 12]
+    );
     // Truncate into block 1: block 2 goes, block 1 is clipped.
-    let set = SetAttr { size: Some((1 << 20) + 100), ..Default::default() };
+    let set = SetAttr {
+        size: Some((1 << 20) + 100),
+        ..Default::default()
+    };
     fs.setattr(f.ino, &set).unwrap();
     let (map, _) = fs.get_blocks(f.ino, 0, 10).unwrap();
     assert_eq!(map.len(), 2);
@@ -166,11 +234,20 @@ fn xattrs() {
     let (_d, fs) = fresh();
     let f = file(&fs, ROOT_INO, "f");
     fs.setxattr(f.ino, b"user.a", b"1", 0).unwrap();
-    assert_eq!(code(fs.setxattr(f.ino, b"user.a", b"2", xattr_flags::CREATE)), ErrorCode::Exists);
-    assert_eq!(code(fs.setxattr(f.ino, b"user.b", b"2", xattr_flags::REPLACE)), ErrorCode::NoXattr);
+    assert_eq!(
+        code(fs.setxattr(f.ino, b"user.a", b"2", xattr_flags::CREATE)),
+        ErrorCode::Exists
+    );
+    assert_eq!(
+        code(fs.setxattr(f.ino, b"user.b", b"2", xattr_flags::REPLACE)),
+        ErrorCode::NoXattr
+    );
     fs.setxattr(f.ino, b"user.b", b"2", 0).unwrap();
     assert_eq!(fs.getxattr(f.ino, b"user.a").unwrap(), b"1");
-    assert_eq!(fs.listxattr(f.ino).unwrap(), vec![b"user.a".to_vec(), b"user.b".to_vec()]);
+    assert_eq!(
+        fs.listxattr(f.ino).unwrap(),
+        vec![b"user.a".to_vec(), b"user.b".to_vec()]
+    );
     fs.removexattr(f.ino, b"user.a").unwrap();
     assert_eq!(code(fs.getxattr(f.ino, b"user.a")), ErrorCode::NoXattr);
     assert_eq!(code(fs.removexattr(f.ino, b"user.a")), ErrorCode::NoXattr);
@@ -188,8 +265,13 @@ fn reopen_keeps_everything() {
     assert_eq!(info, volume());
     assert_eq!(fs.lookup(ROOT_INO, b"kept").unwrap().ino, ino);
     // A different volume name on the same folder is refused with a hint.
-    let other = VolumeInfo { name: "other".into(), ..volume() };
+    let other = VolumeInfo {
+        name: "other".into(),
+        ..volume()
+    };
     drop(fs);
-    let e = Fs::load(RedbStore::open(&path, true).unwrap(), other).err().unwrap();
+    let e = Fs::load(RedbStore::open(&path, true).unwrap(), other)
+        .err()
+        .unwrap();
     assert!(e.message.contains("--volume t"), "{}", e.message);
 }

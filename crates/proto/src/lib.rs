@@ -34,7 +34,9 @@ pub const PATH_MAX: usize = 4096;
 pub const XATTR_VALUE_MAX: usize = 65536;
 
 /// A point in time with nanosecond precision, as stored and sent.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+)]
 pub struct Timestamp {
     /// Seconds since the Unix epoch (negative before it).
     pub secs: i64,
@@ -52,7 +54,10 @@ impl Timestamp {
 impl From<SystemTime> for Timestamp {
     fn from(t: SystemTime) -> Self {
         match t.duration_since(UNIX_EPOCH) {
-            Ok(d) => Timestamp { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
+            Ok(d) => Timestamp {
+                secs: d.as_secs() as i64,
+                nanos: d.subsec_nanos(),
+            },
             Err(e) => {
                 let d = e.duration();
                 let (mut secs, mut nanos) = (-(d.as_secs() as i64), d.subsec_nanos());
@@ -286,7 +291,11 @@ pub enum Request {
     /// Attributes of an inode.
     GetAttr { ino: Ino },
     /// Change attributes.
-    SetAttr { ino: Ino, set: SetAttr, caller: Caller },
+    SetAttr {
+        ino: Ino,
+        set: SetAttr,
+        caller: Caller,
+    },
     /// Create a regular file, fifo, socket or device node; `open` also opens it for the session.
     Mknod {
         parent: Ino,
@@ -298,11 +307,24 @@ pub enum Request {
         open: bool,
     },
     /// Create a directory.
-    Mkdir { parent: Ino, name: Vec<u8>, perm: u32, caller: Caller },
+    Mkdir {
+        parent: Ino,
+        name: Vec<u8>,
+        perm: u32,
+        caller: Caller,
+    },
     /// Remove a non-directory entry.
-    Unlink { parent: Ino, name: Vec<u8>, caller: Caller },
+    Unlink {
+        parent: Ino,
+        name: Vec<u8>,
+        caller: Caller,
+    },
     /// Remove an empty directory.
-    Rmdir { parent: Ino, name: Vec<u8>, caller: Caller },
+    Rmdir {
+        parent: Ino,
+        name: Vec<u8>,
+        caller: Caller,
+    },
     /// Rename, with [`rename_flags`].
     Rename {
         parent: Ino,
@@ -313,17 +335,37 @@ pub enum Request {
         caller: Caller,
     },
     /// New hard link to `ino`.
-    Link { ino: Ino, new_parent: Ino, new_name: Vec<u8>, caller: Caller },
+    Link {
+        ino: Ino,
+        new_parent: Ino,
+        new_name: Vec<u8>,
+        caller: Caller,
+    },
     /// New symlink.
-    Symlink { parent: Ino, name: Vec<u8>, target: Vec<u8>, caller: Caller },
+    Symlink {
+        parent: Ino,
+        name: Vec<u8>,
+        target: Vec<u8>,
+        caller: Caller,
+    },
     /// Target of a symlink.
     ReadLink { ino: Ino },
     /// Up to `limit` entries of a directory after `cookie` (0: from the start).
-    ReadDir { ino: Ino, cookie: u64, limit: u32, plus: bool },
+    ReadDir {
+        ino: Ino,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    },
     /// Filesystem statistics.
     StatFs,
     /// Set an xattr, with [`xattr_flags`].
-    SetXattr { ino: Ino, name: Vec<u8>, value: Vec<u8>, flags: u32 },
+    SetXattr {
+        ino: Ino,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: u32,
+    },
     /// Value of an xattr.
     GetXattr { ino: Ino, name: Vec<u8> },
     /// Names of all xattrs.
@@ -337,7 +379,49 @@ pub enum Request {
     /// Block map entries with `first <= index < first + count`.
     GetBlocks { ino: Ino, first: u64, count: u64 },
     /// Commit blocks already durable in object storage, and grow the file to at least `size`.
-    CommitWrite { ino: Ino, blocks: Vec<BlockRef>, size: u64, mtime: Timestamp },
+    CommitWrite {
+        ino: Ino,
+        blocks: Vec<BlockRef>,
+        size: u64,
+        mtime: Timestamp,
+    },
+    /// Keep the session alive; a session not heard from for the expiry time is ended and its
+    /// locks and opens released.
+    Heartbeat,
+    /// Take, change or drop a lock without waiting (`WouldBlock` if another owner holds a
+    /// conflicting one; the client polls for F_SETLKW).
+    SetLock { ino: Ino, lock: LockSpec },
+    /// The first lock of another owner that conflicts with `lock`, if any (F_GETLK).
+    GetLock { ino: Ino, lock: LockSpec },
+}
+
+/// Kind of a file lock.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockType {
+    /// Shared.
+    Read,
+    /// Exclusive.
+    Write,
+    /// Release.
+    Unlock,
+}
+
+/// A byte-range lock request or a lock held, as fcntl and flock describe them.
+///
+/// flock locks arrive as whole-file locks owned by the open file description; they share one
+/// space with fcntl locks, so the two kinds conflict with each other (as on NFS).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockSpec {
+    /// Lock owner within the session (the kernel's owner id).
+    pub owner: u64,
+    /// First byte.
+    pub start: u64,
+    /// Last byte, inclusive (`u64::MAX`: to the end of the file, whatever its size).
+    pub end: u64,
+    /// Read, write or unlock.
+    pub typ: LockType,
+    /// Process that asked (reported by F_GETLK).
+    pub pid: u32,
 }
 
 impl Request {
@@ -355,6 +439,8 @@ impl Request {
                 | Request::GetXattr { .. }
                 | Request::ListXattr { .. }
                 | Request::GetBlocks { .. }
+                | Request::Heartbeat
+                | Request::GetLock { .. }
         )
     }
 
@@ -383,6 +469,9 @@ impl Request {
             Request::Release { .. } => "release",
             Request::GetBlocks { .. } => "getblocks",
             Request::CommitWrite { .. } => "commitwrite",
+            Request::Heartbeat => "heartbeat",
+            Request::SetLock { .. } => "setlock",
+            Request::GetLock { .. } => "getlock",
         }
     }
 }
@@ -394,6 +483,9 @@ pub struct Envelope {
     pub session: u64,
     /// Per-session sequence number of a mutation, increasing; 0 for reads.
     pub seq: u64,
+    /// Every mutation with a sequence number up to this one has been answered: the server may
+    /// forget their outcomes.
+    pub acked: u64,
     /// The request.
     pub request: Request,
 }
@@ -401,8 +493,12 @@ pub struct Envelope {
 /// A successful answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
-    /// Session opened or resumed.
-    Hello { session: u64, volume: VolumeInfo },
+    /// Session opened or resumed; the client heartbeats every `heartbeat_ms`.
+    Hello {
+        session: u64,
+        volume: VolumeInfo,
+        heartbeat_ms: u64,
+    },
     /// Attributes of the inode a request found, changed or created.
     Attr(Attr),
     /// Nothing to return.
@@ -417,6 +513,8 @@ pub enum Reply {
     StatFs(StatFs),
     /// Block map entries, ordered by index; missing indices are holes. `size` is the file size.
     Blocks { blocks: Vec<BlockRef>, size: u64 },
+    /// A conflicting lock (owner and all), or none.
+    Lock(Option<LockSpec>),
 }
 
 /// Why a request failed: stable codes, mapped to errno by the FUSE adapter alone.
@@ -462,6 +560,8 @@ pub enum ErrorCode {
     Internal,
     /// Server unreachable for longer than the client's patience (EIO after retries).
     Unavailable,
+    /// A conflicting lock is held (EAGAIN).
+    WouldBlock,
 }
 
 /// A failed request: stable code plus a human message.
@@ -477,13 +577,19 @@ pub struct RpcError {
 impl RpcError {
     /// An error with a message.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        RpcError { code, message: message.into() }
+        RpcError {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<ErrorCode> for RpcError {
     fn from(code: ErrorCode) -> Self {
-        RpcError { code, message: String::new() }
+        RpcError {
+            code,
+            message: String::new(),
+        }
     }
 }
 
