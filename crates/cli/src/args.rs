@@ -70,6 +70,42 @@ pub struct UpArgs {
 pub enum MetaCommand {
     /// Run the metadata server in the foreground.
     Serve(ServeArgs),
+    /// Write a consistent copy of a running server's database (the server keeps serving).
+    Backup(BackupArgs),
+    /// Restore a backup into the data folder of a stopped server, after checking it.
+    Restore(RestoreArgs),
+    /// Check the consistency of a stopped server's database.
+    Verify(VerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupArgs {
+    /// Metadata server address, host:port.
+    #[arg(long, env = "CAIRN_META")]
+    pub meta: String,
+    /// Volume the server holds.
+    #[arg(long, default_value = "default")]
+    pub volume: String,
+    /// File to write, on the server's host (must not exist).
+    #[arg(long)]
+    pub to: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// Backup file written by `cairn meta backup`.
+    #[arg(long)]
+    pub from: PathBuf,
+    /// Data folder of the (stopped) server to restore into.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// Data folder of the (stopped) server.
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Args, Debug)]
@@ -97,6 +133,15 @@ pub struct ServeArgs {
     /// the unlinked files it kept open are freed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub session_timeout: std::time::Duration,
+    /// Take scheduled online backups into this folder (as meta-<time>.redb).
+    #[arg(long)]
+    pub backup_dir: Option<PathBuf>,
+    /// With --backup-dir: time between backups.
+    #[arg(long, default_value = "1h", value_parser = parse_duration)]
+    pub backup_interval: std::time::Duration,
+    /// With --backup-dir: how many backups to keep (the oldest go first).
+    #[arg(long, default_value_t = 24)]
+    pub backup_keep: usize,
 }
 
 /// Settings fixed when a volume is created.

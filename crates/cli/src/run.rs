@@ -26,6 +26,21 @@ pub fn main(cli: Cli) -> i32 {
     let result = match cli.command {
         Command::Up(a) => up(a),
         Command::Meta(MetaCommand::Serve(a)) => serve(a),
+        Command::Meta(MetaCommand::Backup(a)) => meta_backup(a),
+        Command::Meta(MetaCommand::Restore(a)) => {
+            init_logging(None);
+            cairn_meta::backup::restore(&a.from, &a.data_dir).map(|r| {
+                println!(
+                    "restored volume `{}` into {}: {} inodes, {} entries, {} block map entries",
+                    r.volume,
+                    a.data_dir.display(),
+                    r.inodes,
+                    r.entries,
+                    r.blocks
+                )
+            })
+        }
+        Command::Meta(MetaCommand::Verify(a)) => meta_verify(a),
         Command::Mount(MountCommand::Start(a)) => mount_start(a),
         Command::Mount(MountCommand::Stop(a)) => {
             init_logging(None);
@@ -53,10 +68,13 @@ fn not_yet(what: &str) -> anyhow::Result<()> {
 }
 
 static NOTIFY: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+static LOG_TO_FILE: std::sync::OnceLock<()> = std::sync::OnceLock::new();
 
 fn report_error(e: &anyhow::Error) {
     let msg = format!("error: {e:#}");
-    tracing::error!("{msg}");
+    if LOG_TO_FILE.get().is_some() {
+        tracing::error!("{msg}");
+    }
     if NOTIFY.get().is_some() {
         // The parent is waiting on our stdout for the outcome.
         let mut out = std::io::stdout();
@@ -131,12 +149,60 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             sync: a.sync,
             flush_interval: a.flush_interval,
             session_timeout: a.session_timeout,
+            backups: a.backup_dir.map(|d| (d, a.backup_interval, a.backup_keep)),
         })
         .await?;
         wait_for_signal().await;
         info!("stopping");
         server.stop().await
     })
+}
+
+fn meta_backup(a: BackupArgs) -> anyhow::Result<()> {
+    init_logging(None);
+    let rt = runtime()?;
+    rt.block_on(async {
+        let rpc = cairn_client::rpc::MetaClient::connect(RpcConfig {
+            addr: a.meta.clone(),
+            volume: a.volume.clone(),
+            client_name: "cairn meta backup".into(),
+            retry_for: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+        })
+        .await
+        .map_err(|e| anyhow!("{}", e.message))?;
+        let to = std::path::absolute(&a.to).unwrap_or(a.to.clone());
+        match rpc.call(cairn_proto::Request::Backup { to: to.display().to_string() }).await {
+            Ok(cairn_proto::Reply::Backup { inodes, entries, blocks }) => {
+                println!("backup written to {} on the server's host: {inodes} inodes, {entries} entries, {blocks} block map entries", to.display());
+                Ok(())
+            }
+            Ok(other) => bail!("unexpected answer {other:?}"),
+            Err(e) => bail!("backup failed: {}", e.message),
+        }
+    })
+}
+
+fn meta_verify(a: VerifyArgs) -> anyhow::Result<()> {
+    init_logging(None);
+    let _lock = cairn_meta::server::FolderLock::acquire(&a.data_dir)?;
+    let r = cairn_meta::backup::verify_file(&a.data_dir.join("meta.redb"))?;
+    println!(
+        "volume `{}`: {} inodes, {} entries, {} block map entries",
+        r.volume, r.inodes, r.entries, r.blocks
+    );
+    if r.problems.is_empty() {
+        println!("no problems found");
+        return Ok(());
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    bail!(
+        "{} problems found in {}",
+        r.problems.len(),
+        a.data_dir.display()
+    )
 }
 
 async fn wait_for_signal() {
@@ -229,8 +295,10 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| default_log(&format!("mount-{}", a.volume)));
         let mut args: Vec<String> = std::env::args().skip(1).collect();
-        args.push("--log-file".into());
-        args.push(log.display().to_string());
+        if a.log_file.is_none() {
+            args.push("--log-file".into());
+            args.push(log.display().to_string());
+        }
         return daemonize(
             args,
             &log,
@@ -374,6 +442,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         sync: true,
         flush_interval: Duration::from_secs(1),
         session_timeout: Duration::from_secs(60),
+        backups: None,
     }))?;
     let cfg = ClientConfig::new(
         RpcConfig {

@@ -58,6 +58,8 @@ pub struct ServeConfig {
     pub flush_interval: Duration,
     /// A session not heard from for this long is ended: its locks and opens are released.
     pub session_timeout: Duration,
+    /// Scheduled backups: folder, interval and how many to keep.
+    pub backups: Option<(PathBuf, Duration, usize)>,
 }
 
 /// An exclusive lock on a data folder, held for the server's life.
@@ -170,6 +172,9 @@ impl MetaServer {
         if !cfg.sync {
             tokio::spawn(flush_loop(fs.clone(), cfg.flush_interval, rx.clone()));
         }
+        if let Some((dir, every, keep)) = cfg.backups.clone() {
+            tokio::spawn(backup_loop(fs.clone(), dir, every, keep, rx.clone()));
+        }
         tokio::spawn(expiry_loop(shared, cfg.session_timeout, rx));
         Ok(MetaServer {
             addr,
@@ -209,6 +214,48 @@ async fn flush_loop(fs: Arc<Fs<RedbStore>>, every: Duration, mut stop: watch::Re
             Ok(Ok(())) => {}
             Ok(Err(e)) => warn!("periodic flush of the metadata database failed: {e}"),
             Err(e) => warn!("periodic flush task failed: {e}"),
+        }
+    }
+}
+
+async fn backup_loop(
+    fs: Arc<Fs<RedbStore>>,
+    dir: PathBuf,
+    every: Duration,
+    keep: usize,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let (fs, dir) = (fs.clone(), dir.clone());
+        let r = tokio::task::spawn_blocking(move || {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            let to = dir.join(format!(
+                "meta-{:012}.{:09}.redb",
+                secs.as_secs(),
+                secs.subsec_nanos()
+            ));
+            let report = crate::backup::backup(&fs, &to)?;
+            let all = crate::backup::scheduled_backups(&dir);
+            for old in all.iter().take(all.len().saturating_sub(keep.max(1))) {
+                let _ = std::fs::remove_file(old);
+            }
+            Ok::<_, anyhow::Error>((to, report))
+        })
+        .await;
+        match r {
+            Ok(Ok((to, report))) => {
+                info!(path = %to.display(), inodes = report.inodes, "scheduled backup written")
+            }
+            Ok(Err(e)) => warn!("scheduled backup failed: {e:#}"),
+            Err(e) => warn!("scheduled backup failed: {e}"),
         }
     }
 }
@@ -398,6 +445,27 @@ async fn connection(
             tx.send(frame::encode(id, &resp)?).await?;
             continue;
         };
+        if let Request::Backup { to } = &env.request {
+            let (fs, to) = (shared.fs.clone(), PathBuf::from(to));
+            let resp: Response =
+                match tokio::task::spawn_blocking(move || crate::backup::backup(&fs, &to)).await? {
+                    Ok(r) => {
+                        info!(
+                            inodes = r.inodes,
+                            entries = r.entries,
+                            "online backup written"
+                        );
+                        Ok(Reply::Backup {
+                            inodes: r.inodes,
+                            entries: r.entries,
+                            blocks: r.blocks,
+                        })
+                    }
+                    Err(e) => Err(RpcError::new(ErrorCode::Io, format!("{e:#}"))),
+                };
+            tx.send(frame::encode(id, &resp)?).await?;
+            continue;
+        }
         if let Request::Heartbeat = env.request {
             let known = shared
                 .seen

@@ -393,6 +393,8 @@ pub enum Request {
     SetLock { ino: Ino, lock: LockSpec },
     /// The first lock of another owner that conflicts with `lock`, if any (F_GETLK).
     GetLock { ino: Ino, lock: LockSpec },
+    /// Write a consistent copy of the database to `to` on the server's host (online backup).
+    Backup { to: String },
 }
 
 /// Kind of a file lock.
@@ -441,6 +443,7 @@ impl Request {
                 | Request::GetBlocks { .. }
                 | Request::Heartbeat
                 | Request::GetLock { .. }
+                | Request::Backup { .. }
         )
     }
 
@@ -472,6 +475,7 @@ impl Request {
             Request::Heartbeat => "heartbeat",
             Request::SetLock { .. } => "setlock",
             Request::GetLock { .. } => "getlock",
+            Request::Backup { .. } => "backup",
         }
     }
 }
@@ -515,6 +519,12 @@ pub enum Reply {
     Blocks { blocks: Vec<BlockRef>, size: u64 },
     /// A conflicting lock (owner and all), or none.
     Lock(Option<LockSpec>),
+    /// A backup was written: what it holds.
+    Backup {
+        inodes: u64,
+        entries: u64,
+        blocks: u64,
+    },
 }
 
 /// Why a request failed: stable codes, mapped to errno by the FUSE adapter alone.
