@@ -646,11 +646,31 @@ impl Client {
         });
     }
 
-    /// Wait for every pending upload and commit them with the current size.
-    async fn commit_pending(&self, ino: Ino, inner: &mut FileInner) -> Result<(), RpcError> {
-        let mut refs = Vec::with_capacity(inner.pending.len());
+    /// Commit uploaded blocks. With `all`, wait for every pending upload and commit them with
+    /// the file's size; without, commit the uploads already finished (waiting for one if none
+    /// is), growing the committed size only as far as those blocks reach. Keeps the writer's
+    /// pipeline full while bounding what a file holds in memory.
+    async fn commit_pending(
+        &self,
+        ino: Ino,
+        inner: &mut FileInner,
+        all: bool,
+    ) -> Result<(), RpcError> {
         let mut first_err = inner.error.take();
-        for p in inner.pending.values_mut() {
+        let mut chosen: Vec<u64> = inner
+            .pending
+            .iter()
+            .filter(|(_, p)| {
+                all || p.done.is_some() || p.task.as_ref().is_some_and(|t| t.is_finished())
+            })
+            .map(|(i, _)| *i)
+            .collect();
+        if chosen.is_empty() {
+            chosen.extend(inner.pending.keys().next().copied());
+        }
+        let mut refs = Vec::with_capacity(chosen.len());
+        for i in &chosen {
+            let p = inner.pending.get_mut(i).expect("chosen from pending");
             if p.done.is_none() {
                 if let Some(t) = p.task.take() {
                     match t.await {
@@ -670,11 +690,10 @@ impl Client {
         }
         if let Some(e) = first_err {
             // Uploads that failed go back to dirty so that a later flush retries them.
-            let failed: Vec<u64> = inner
-                .pending
+            let failed: Vec<u64> = chosen
                 .iter()
-                .filter(|(_, p)| p.done.is_none())
-                .map(|(i, _)| *i)
+                .copied()
+                .filter(|i| inner.pending[i].done.is_none())
                 .collect();
             for i in failed {
                 if let Some(p) = inner.pending.remove(&i) {
@@ -683,19 +702,30 @@ impl Client {
             }
             return Err(e);
         }
+        let size = if all {
+            inner.size
+        } else {
+            refs.iter()
+                .map(|r| r.index * self.bs + u64::from(r.len))
+                .max()
+                .unwrap_or(0)
+                .min(inner.size)
+        };
         let mtime = inner.mtime.unwrap_or_else(Timestamp::now);
         let attr = self
             .call_attr(Request::CommitWrite {
                 ino,
                 blocks: refs.clone(),
-                size: inner.size,
+                size,
                 mtime,
             })
             .await?;
         for r in refs {
             inner.map.insert(r.index, r);
         }
-        inner.pending.clear();
+        for i in chosen {
+            inner.pending.remove(&i);
+        }
         inner.size = inner.size.max(attr.size);
         Ok(())
     }
@@ -712,7 +742,7 @@ impl Client {
         for (index, data) in dirty {
             self.start_upload(ino, inner, index, data).await;
         }
-        self.commit_pending(ino, inner).await?;
+        self.commit_pending(ino, inner, true).await?;
         inner.changed = false;
         inner.mtime = None;
         Ok(())
@@ -942,7 +972,7 @@ impl Client {
         inner.mtime = Some(Timestamp::now());
         // Keep memory bounded: commit finished uploads once enough are pending.
         if inner.pending.len() as u64 >= 2 * self.max_ra.max(4) {
-            self.commit_pending(ino, &mut inner).await?;
+            self.commit_pending(ino, &mut inner, false).await?;
         }
         Ok(data.len() as u32)
     }
