@@ -1,0 +1,231 @@
+//! The metadata server over its wire protocol: exactly-once mutations, group commit under
+//! concurrency, session expiry releasing locks, and the folder lock.
+
+use cairn_meta::{MetaServer, ServeConfig};
+use cairn_proto::frame;
+use cairn_proto::*;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn config(dir: &std::path::Path, sync: bool) -> ServeConfig {
+    ServeConfig {
+        bind_addr: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.to_path_buf(),
+        volume: VolumeInfo {
+            name: "v".into(),
+            block_size: 1 << 20,
+            compression: "none".into(),
+        },
+        sync,
+        flush_interval: Duration::from_millis(100),
+        session_timeout: Duration::from_millis(600),
+        backups: None,
+    }
+}
+
+/// A bare protocol client: sends envelopes exactly as given.
+struct Raw {
+    sock: TcpStream,
+    next: u64,
+    session: u64,
+}
+
+impl Raw {
+    async fn connect(addr: std::net::SocketAddr, resume: Option<u64>) -> Raw {
+        let mut raw = Raw {
+            sock: TcpStream::connect(addr).await.unwrap(),
+            next: 1,
+            session: 0,
+        };
+        let hello = Request::Hello {
+            protocol: PROTOCOL_VERSION,
+            volume: "v".into(),
+            session: resume,
+            client: "test".into(),
+        };
+        match raw.send(0, hello).await {
+            Ok(Reply::Hello { session, .. }) => raw.session = session,
+            other => panic!("hello failed: {other:?}"),
+        }
+        raw
+    }
+
+    async fn send(&mut self, seq: u64, request: Request) -> Response {
+        let env = Envelope {
+            session: self.session,
+            seq,
+            acked: 0,
+            request,
+        };
+        self.next += 1;
+        self.sock
+            .write_all(&frame::encode(self.next, &env).unwrap())
+            .await
+            .unwrap();
+        let (id, body) = frame::read_frame(&mut self.sock).await.unwrap().unwrap();
+        assert_eq!(id, self.next);
+        frame::decode(&body).unwrap()
+    }
+}
+
+fn mknod(name: &str) -> Request {
+    Request::Mknod {
+        parent: ROOT_INO,
+        name: name.into(),
+        kind: FileKind::File,
+        perm: 0o644,
+        rdev: 0,
+        caller: Caller::default(),
+        open: false,
+    }
+}
+
+#[tokio::test]
+async fn a_retried_mutation_is_applied_once_even_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let addr = server.local_addr();
+    let mut c = Raw::connect(addr, None).await;
+    let first = c.send(1, mknod("a")).await.unwrap();
+    // The reply was "lost": the same (session, seq) comes again and gets the same answer,
+    // not Exists.
+    assert_eq!(c.send(1, mknod("a")).await.unwrap(), first);
+    // A rename retried after it landed must not fail with NotFound.
+    let rename = Request::Rename {
+        parent: ROOT_INO,
+        name: b"a".to_vec(),
+        new_parent: ROOT_INO,
+        new_name: b"b".to_vec(),
+        flags: 0,
+        caller: Caller::default(),
+    };
+    assert_eq!(c.send(2, rename.clone()).await, Ok(Reply::Empty));
+    let session = c.session;
+    drop(c);
+    server.stop().await.unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let mut c = Raw::connect(server.local_addr(), Some(session)).await;
+    assert_eq!(c.session, session, "the session survives a restart");
+    assert_eq!(c.send(2, rename).await, Ok(Reply::Empty));
+    // A new sequence number is a new request.
+    assert_eq!(
+        c.send(3, mknod("b")).await.unwrap_err().code,
+        ErrorCode::Exists
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_mutations_share_commits_and_all_land() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let addr = server.local_addr();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = Raw::connect(addr, None).await;
+            for i in 0..50u64 {
+                c.send(i + 1, mknod(&format!("t{t}-{i}"))).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut c = Raw::connect(addr, None).await;
+    let Ok(Reply::Dir { entries, eof: true }) = c
+        .send(
+            0,
+            Request::ReadDir {
+                ino: ROOT_INO,
+                cookie: 0,
+                limit: 4096,
+                plus: false,
+            },
+        )
+        .await
+    else {
+        panic!("readdir failed")
+    };
+    assert_eq!(entries.len(), 400);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_expired_session_releases_its_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), false)).await.unwrap();
+    let addr = server.local_addr();
+    let mut a = Raw::connect(addr, None).await;
+    let Ok(Reply::Attr(f)) = a.send(1, mknod("f")).await else {
+        panic!()
+    };
+    let write = LockSpec {
+        owner: 1,
+        start: 0,
+        end: u64::MAX,
+        typ: LockType::Write,
+        pid: 1,
+    };
+    assert_eq!(
+        a.send(
+            2,
+            Request::SetLock {
+                ino: f.ino,
+                lock: write
+            }
+        )
+        .await,
+        Ok(Reply::Empty)
+    );
+    let mut b = Raw::connect(addr, None).await;
+    let err = b
+        .send(
+            1,
+            Request::SetLock {
+                ino: f.ino,
+                lock: write,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::WouldBlock);
+    // `a` stops heartbeating (its host died); b keeps its own session alive.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut seq = 2;
+    loop {
+        assert_eq!(b.send(0, Request::Heartbeat).await, Ok(Reply::Empty));
+        seq += 1;
+        match b
+            .send(
+                seq,
+                Request::SetLock {
+                    ino: f.ino,
+                    lock: write,
+                },
+            )
+            .await
+        {
+            Ok(Reply::Empty) => break,
+            Err(e) if e.code == ErrorCode::WouldBlock && std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            other => panic!("lock not released after expiry: {other:?}"),
+        }
+    }
+    server.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_second_server_on_the_same_folder_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), false)).await.unwrap();
+    let err = MetaServer::start(config(dir.path(), false))
+        .await
+        .err()
+        .unwrap();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("in use by another metadata server"), "{msg}");
+    server.stop().await.unwrap();
+}
