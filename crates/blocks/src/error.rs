@@ -48,7 +48,7 @@ pub enum BlockError {
     /// The store refused our credentials or denied the operation.
     #[error(
         "access denied by {store}: {detail}; check the access key and secret key \
-         (--s3-access-key-id / AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and that they may \
+         (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY) and that they may \
          read, write and delete objects there"
     )]
     AccessDenied {

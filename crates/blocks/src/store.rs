@@ -259,27 +259,26 @@ fn open_s3(cfg: &StoreConfig, url: &str) -> Result<(Arc<dyn ObjectStore>, Locati
 
     let key = setting(&cfg.access_key_id, "AWS_ACCESS_KEY_ID");
     let secret = setting(&cfg.secret_access_key, "AWS_SECRET_ACCESS_KEY");
-    let (key, secret) = match (key, secret) {
-        (Some(k), Some(s)) => (k, s),
-        // Without keys object_store would ask the EC2 instance metadata service, which is not
-        // supported yet: say so rather than hang on a link-local address.
-        (None, None) => {
-            return Err(bad_config(format!(
-                "no S3 credentials for {url}: give --s3-access-key-id and --s3-secret-access-key, or set \
-                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-            )))
-        }
-        (Some(_), None) => {
-            return Err(bad_config(
-                "an S3 access key id is set but no secret access key: set --s3-secret-access-key or AWS_SECRET_ACCESS_KEY",
-            ))
-        }
-        (None, Some(_)) => {
-            return Err(bad_config(
-                "an S3 secret access key is set but no access key id: set --s3-access-key-id or AWS_ACCESS_KEY_ID",
-            ))
-        }
-    };
+    let (key, secret) =
+        match (key, secret) {
+            (Some(k), Some(s)) => (k, s),
+            // Without keys object_store would ask the EC2 instance metadata service, which is not
+            // supported yet: say so rather than hang on a link-local address.
+            (None, None) => {
+                return Err(bad_config(format!(
+                    "no S3 credentials for {url}: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY in the environment of the mount"
+                )))
+            }
+            (Some(_), None) => return Err(bad_config(
+                "an S3 access key id is set but no secret access key: set AWS_SECRET_ACCESS_KEY",
+            )),
+            (None, Some(_)) => {
+                return Err(bad_config(
+                    "an S3 secret access key is set but no access key id: set AWS_ACCESS_KEY_ID",
+                ))
+            }
+        };
 
     let mut builder = AmazonS3Builder::new()
         .with_bucket_name(&bucket)

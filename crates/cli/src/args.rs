@@ -117,13 +117,13 @@ pub struct ServeArgs {
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Volume this server holds; created on first start with the settings below.
-    #[arg(long, default_value = "default")]
+    #[arg(long, default_value = "default", value_parser = parse_volume_name)]
     pub volume: String,
     #[command(flatten)]
     pub volume_settings: VolumeSettings,
-    /// fsync every commit before acknowledging it. Without it, commits are grouped and made
-    /// durable every --flush-interval: a crash of the server's host can lose the commits of
-    /// the last interval (a crash of the server process alone loses nothing).
+    /// fsync every commit before acknowledging it (concurrent commits share one fsync). Without
+    /// it, commits are made durable every --flush-interval: a crash of the server process or of
+    /// its host loses the changes of the last interval, although they were acknowledged.
     #[arg(long)]
     pub sync: bool,
     /// Without --sync: how often commits are made durable.
@@ -211,6 +211,20 @@ pub struct S3Args {
 pub struct StopArgs {
     /// The mount point to unmount.
     pub mountpoint: PathBuf,
+}
+
+/// Volume names: 1 to 128 of `A-Z a-z 0-9 . _ -`, not starting with a dot (they name folders
+/// in the bucket).
+fn parse_volume_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 128
+        && !s.starts_with('.')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if !ok {
+        return Err(format!("volume name `{s}` is not valid: use 1 to 128 letters, digits, `.`, `_` or `-`, not starting with `.`"));
+    }
+    Ok(s.to_string())
 }
 
 /// Sizes like 4MiB, 512KiB, 1G, 4096.

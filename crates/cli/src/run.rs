@@ -121,7 +121,12 @@ fn init_logging(file: Option<&Path>) {
                 .try_init();
         }
         None => {
-            let _ = builder.with_writer(std::io::stderr).try_init();
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            let _ = builder
+                .with_ansi(ansi)
+                .with_writer(std::io::stderr)
+                .try_init();
         }
     }
 }
@@ -395,6 +400,17 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let state = dir.join(".cairn");
     let mnt = dir.join("mnt");
     std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
+    if state.join("up.pid").exists()
+        && std::fs::read_dir(&mnt)
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    {
+        bail!(
+            "cairn already seems to run in {}: stop it first with `cairn up --stop {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
     if !a.foreground {
         cairn_fuse::check_mountpoint(&mnt, false)?;
         let log = state.join("cairn.log");

@@ -122,8 +122,18 @@ impl MountedSession {
             SessionACL::Owner
         };
         config.n_threads = Some(opts.threads.max(1));
-        let session = fuser::Session::new(fs, &opts.mountpoint, &config)
-            .with_context(|| format!("mount at {}", opts.mountpoint.display()))?;
+        let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
+            let hint = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => {
+                    ": mounting needs root (run as root or with sudo)"
+                }
+                std::io::ErrorKind::NotFound => {
+                    ": is /dev/fuse there? (modprobe fuse; in a container, pass --device /dev/fuse)"
+                }
+                _ => "",
+            };
+            anyhow::anyhow!("cannot mount at {}: {e}{hint}", opts.mountpoint.display())
+        })?;
         Ok(MountedSession { session })
     }
 

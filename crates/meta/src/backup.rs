@@ -116,6 +116,10 @@ pub fn backup<S: MetaStore>(fs: &Fs<S>, to: &Path) -> anyhow::Result<VerifyRepor
         .map_err(|e| anyhow::anyhow!("{e}"))
         .with_context(|| format!("write {}", partial.display()))?;
     let report = verify_file(&partial)?;
+    if let Some(first) = report.problems.first() {
+        let _ = std::fs::remove_file(&partial);
+        bail!("the copy is inconsistent ({} problems, first: {first}); run `cairn meta verify` on the server's folder", report.problems.len());
+    }
     std::fs::rename(&partial, to)
         .with_context(|| format!("rename {} to {}", partial.display(), to.display()))?;
     fsync_dir(dir)?;
@@ -133,8 +137,13 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<VerifyReport> {
     std::fs::copy(from, &staged)
         .with_context(|| format!("copy {} to {}", from.display(), staged.display()))?;
     std::fs::File::open(&staged)?.sync_all()?;
-    let report =
-        verify_file(&staged).with_context(|| format!("check backup {}", from.display()))?;
+    let report = match verify_file(&staged) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&staged);
+            return Err(e.context(format!("{} is not a cairn metadata backup", from.display())));
+        }
+    };
     if !report.problems.is_empty() {
         let _ = std::fs::remove_file(&staged);
         bail!(

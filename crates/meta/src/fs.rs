@@ -23,6 +23,10 @@ fn err<T>(code: ErrorCode) -> FsResult<T> {
     Err(RpcError::from(code))
 }
 
+/// How far the inode counter jumps at each start (see [`Fs::load`]): more inodes than a server
+/// creates within one flush interval.
+pub const INO_GAP_AT_START: u64 = 1 << 24;
+
 /// Most entries one readdir answer carries.
 pub const READDIR_MAX: u32 = 4096;
 
@@ -260,6 +264,10 @@ impl<S: MetaStore> Fs<S> {
                         ),
                     ));
                 }
+                // Inodes handed out in commits a crash rolled back may still be known to
+                // mounts: skip past any number this store could have given out before.
+                let next = get_u64(t, NEXT_INO)?.unwrap_or(ROOT_INO + 1);
+                t.put(Table::Super, NEXT_INO, &next.saturating_add(INO_GAP_AT_START).to_be_bytes())?;
                 return Ok(rec.info);
             }
             let now = Timestamp::now();
@@ -287,8 +295,12 @@ impl<S: MetaStore> Fs<S> {
     /// Open a new client session.
     pub fn new_session_in(&self, t: &mut dyn WriteTxn, client: &str) -> FsResult<u64> {
         {
-            let id = get_u64(t, NEXT_SESSION)?.unwrap_or(1);
-            t.put(Table::Super, NEXT_SESSION, &(id + 1).to_be_bytes())?;
+            // Random, not counted: a counter rolled back by a crash without --sync would hand a
+            // live mount's session to another.
+            let mut id = rand::random::<u64>() >> 1;
+            while id == 0 || t.get(Table::Sessions, &id.to_be_bytes())?.is_some() {
+                id = rand::random::<u64>() >> 1;
+            }
             t.put(
                 Table::Sessions,
                 &id.to_be_bytes(),

@@ -19,8 +19,9 @@
 //! clients that reconnect in time keep their sessions.
 //!
 //! Durability: with `sync`, each transaction is fsync'd before its reply is sent. Without, a
-//! background task makes the commits durable every `flush_interval`; a crash can lose commits
-//! made in the last interval, which `cairn meta serve --help` and docs/operations.md state.
+//! background task makes the commits durable every `flush_interval`; a crash of the process or
+//! its host loses the commits of the last interval (redb keeps non-durable commits in the
+//! process), which `cairn meta serve --help` and docs/operations.md state.
 
 use crate::fs::Fs;
 use crate::keys::{dec, enc, kk};
@@ -137,6 +138,7 @@ impl MetaServer {
             .with_context(|| format!("open metadata database {}", db_path.display()))?;
         let (fs, info) =
             Fs::load(store, cfg.volume.clone()).map_err(|e| anyhow!("{}", e.message))?;
+        fs.store().flush().map_err(|e| anyhow!("{e}"))?;
         let fs = Arc::new(fs);
         let listener = TcpListener::bind(cfg.bind_addr).await.map_err(|e| match e.kind() {
             std::io::ErrorKind::AddrInUse => anyhow!(
