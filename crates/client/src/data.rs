@@ -529,7 +529,19 @@ impl Client {
         result.and(released)
     }
 
-    /// Make every write so far durable and committed (flush, fsync).
+    /// fsync: flush, then make the metadata server's commits durable even when it runs
+    /// without `--sync`.
+    pub async fn fsync(&self, ino: Ino) -> Result<(), RpcError> {
+        self.flush(ino).await?;
+        self.sync().await
+    }
+
+    /// Make every change acknowledged so far durable on the metadata server (fsyncdir).
+    pub async fn sync(&self) -> Result<(), RpcError> {
+        self.call_empty(Request::Sync).await
+    }
+
+    /// Make every write so far committed (flush and close).
     pub async fn flush(&self, ino: Ino) -> Result<(), RpcError> {
         if let Some(f) = self.file(ino) {
             let mut inner = f.inner.lock().await;

@@ -473,9 +473,18 @@ impl Filesystem for CairnFuse {
         reply: ReplyEmpty,
     ) {
         self.spawn("fsync", ino.0, move |c| async move {
-            match c.flush(ino.0).await {
+            match c.fsync(ino.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("fsync", &e)),
+            }
+        });
+    }
+
+    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.spawn("fsyncdir", ino.0, move |c| async move {
+            match c.sync().await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("fsyncdir", &e)),
             }
         });
     }

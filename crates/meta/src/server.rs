@@ -468,6 +468,21 @@ async fn connection(
             tx.send(frame::encode(id, &resp)?).await?;
             continue;
         }
+        if let Request::Sync = env.request {
+            // Durable on return: an empty synchronous commit persists every earlier one.
+            let (fs, tx) = (shared.fs.clone(), tx.clone());
+            tokio::spawn(async move {
+                let resp: Response = match tokio::task::spawn_blocking(move || fs.store().flush()).await {
+                    Ok(Ok(())) => Ok(Reply::Empty),
+                    Ok(Err(e)) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
+                    Err(e) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
+                };
+                if let Ok(buf) = frame::encode(id, &resp) {
+                    let _ = tx.send(buf).await;
+                }
+            });
+            continue;
+        }
         if let Request::Heartbeat = env.request {
             let known = shared
                 .seen

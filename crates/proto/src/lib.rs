@@ -395,6 +395,8 @@ pub enum Request {
     GetLock { ino: Ino, lock: LockSpec },
     /// Write a consistent copy of the database to `to` on the server's host (online backup).
     Backup { to: String },
+    /// Make every change acknowledged so far durable (fsync), also on a server without `--sync`.
+    Sync,
 }
 
 /// Kind of a file lock.
@@ -444,6 +446,7 @@ impl Request {
                 | Request::Heartbeat
                 | Request::GetLock { .. }
                 | Request::Backup { .. }
+                | Request::Sync
         )
     }
 
@@ -476,6 +479,7 @@ impl Request {
             Request::SetLock { .. } => "setlock",
             Request::GetLock { .. } => "getlock",
             Request::Backup { .. } => "backup",
+            Request::Sync => "sync",
         }
     }
 }
