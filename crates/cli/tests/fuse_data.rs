@@ -1,0 +1,421 @@
+//! File contents through a real FUSE mount: sizes around the 4 MiB block boundary, random
+//! writes, truncation, unlinked open files, and what a second client sees after close.
+//!
+//! Every test starts its own cluster (SeaweedFS or a local folder, `cairn meta serve`,
+//! `cairn mount start --foreground`) and checks contents by SHA-256, before and after a remount
+//! (a fresh client: nothing cached).
+
+mod common;
+
+use common::*;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+const MIB: u64 = 1 << 20;
+const BLOCK: u64 = 4 * MIB;
+
+/// (size, seed) of the files of the size tests.
+fn sizes(with_large: bool) -> Vec<(u64, u64)> {
+    let mut v = vec![
+        (0, 1),
+        (1, 2),
+        (BLOCK - 1, 3),
+        (BLOCK, 4),
+        (BLOCK + 1, 5),
+        (2 * BLOCK + 17, 6),
+    ];
+    if with_large {
+        v.push((100 * MIB, 7));
+    }
+    v
+}
+
+fn write_sizes(root: &Path, sizes: &[(u64, u64)]) -> Vec<(String, u64, String)> {
+    sizes
+        .iter()
+        .map(|&(len, seed)| {
+            let name = format!("file-{len}");
+            // Half the files are fsynced before close, half only closed.
+            let hash = write_random_file(&root.join(&name), seed, len, seed % 2 == 0)
+                .unwrap_or_else(|e| panic!("write {name}: {e}"));
+            assert_eq!(hash, random_file_hash(seed, len));
+            (name, len, hash)
+        })
+        .collect()
+}
+
+fn check_sizes(root: &Path, files: &[(String, u64, String)], when: &str) {
+    for (name, len, hash) in files {
+        assert_file(&root.join(name), *len, hash, when);
+    }
+    let mut names: Vec<String> = files.iter().map(|f| f.0.clone()).collect();
+    names.sort();
+    assert_eq!(list(root), names, "{when}: directory listing");
+}
+
+/// Files of 0 B, 1 B, 4 MiB - 1, 4 MiB, 4 MiB + 1, 8 MiB + 17 and 100 MiB read back byte for
+/// byte, then again from a fresh client; their blocks are in the bucket.
+#[test]
+fn sizes_round_trip_s3() {
+    let Some(mut c) = s3_cluster() else { return };
+    let files = write_sizes(c.path(), &sizes(true));
+    check_sizes(c.path(), &files, "after close");
+    c.remount();
+    check_sizes(c.path(), &files, "after remount");
+
+    // The data went to the bucket (not to the metadata server): random data does not compress,
+    // so the block objects hold at least as many bytes as the files.
+    let total: u64 = files.iter().map(|f| f.1).sum();
+    let objects = c.seaweed().list_objects(c.bucket());
+    let stored: u64 = objects.iter().map(|o| o.size).sum();
+    assert!(
+        !objects.is_empty(),
+        "no objects in the bucket after writing {total} bytes"
+    );
+    assert!(
+        stored >= total,
+        "the bucket holds {stored} bytes in {} objects, less than the {total} bytes written",
+        objects.len()
+    );
+}
+
+/// The same sizes (without the 100 MiB one) over a `file://` block store.
+#[test]
+fn sizes_round_trip_local_folder() {
+    let Some(mut c) = local_cluster() else { return };
+    let files = write_sizes(c.path(), &sizes(false));
+    check_sizes(c.path(), &files, "after close");
+    c.remount();
+    check_sizes(c.path(), &files, "after remount");
+    let blocks = c.dir().join("blocks");
+    let count = walk_files(&blocks);
+    assert!(count > 0, "no block files under {}", blocks.display());
+}
+
+fn walk_files(dir: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let ft = e.file_type().expect("file type");
+        if ft.is_dir() {
+            n += walk_files(&e.path());
+        } else if ft.is_file() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// 200 writes of random sizes (up to 1 MiB) at random offsets into a 20 MiB file, some across
+/// block boundaries and some past the end, match a local copy: through the open descriptor,
+/// after close, and from a fresh client.
+#[test]
+fn random_writes_match_local_copy() {
+    let Some(mut c) = s3_cluster() else { return };
+    let mut rng = Rng::from_env_or_time("random_writes_match_local_copy");
+    let path = c.join("big");
+    let size = 20 * MIB;
+    let mut model = random_bytes(rng.next_u64(), size as usize);
+    std::fs::write(&path, &model).expect("write initial 20 MiB");
+
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open rw");
+    for i in 0..200 {
+        let len = rng.range(1, MIB + 1);
+        let off = if i % 5 == 0 {
+            // Straddle a block boundary.
+            let boundary = BLOCK * rng.range(1, 6);
+            boundary - rng.range(1, len.max(2)).min(boundary)
+        } else if i % 23 == 0 {
+            // Start at or past the end: the file grows (with a hole when past it).
+            model.len() as u64 + rng.range(0, 2 * MIB)
+        } else {
+            rng.range(0, size)
+        };
+        let data = random_bytes(rng.next_u64(), len as usize);
+        f.write_all_at(&data, off)
+            .unwrap_or_else(|e| panic!("write #{i} of {len} at {off}: {e}"));
+        let end = (off + len) as usize;
+        if end > model.len() {
+            model.resize(end, 0);
+        }
+        model[off as usize..end].copy_from_slice(&data);
+        if i % 50 == 49 {
+            // Read-your-writes through the same descriptor, before close.
+            let (o, l) = (rng.range(0, model.len() as u64 - 1), rng.range(1, 2 * MIB));
+            let l = l.min(model.len() as u64 - o) as usize;
+            let mut buf = vec![0u8; l];
+            f.read_exact_at(&mut buf, o).expect("read back");
+            assert!(
+                buf == model[o as usize..o as usize + l],
+                "read of {l} at {o} after write #{i} differs"
+            );
+        }
+    }
+    f.sync_all().expect("fsync");
+    drop(f);
+
+    let want = sha256_bytes(&model);
+    assert_file(&path, model.len() as u64, &want, "after close");
+    check_ranges(&path, &model, &mut rng, "after close");
+    c.remount();
+    assert_file(&path, model.len() as u64, &want, "after remount");
+    check_ranges(&path, &model, &mut rng, "after remount");
+}
+
+/// Reads of random ranges (within a block, across blocks, at the end) match the model.
+fn check_ranges(path: &Path, model: &[u8], rng: &mut Rng, when: &str) {
+    let f = File::open(path).expect("open");
+    let n = model.len() as u64;
+    let mut ranges = vec![
+        (0, 1),
+        (BLOCK - 10, 20),
+        (n - 1, 1),
+        (n - 100, 100),
+        (BLOCK * 2 - 1, BLOCK + 2),
+    ];
+    for _ in 0..30 {
+        let o = rng.range(0, n);
+        ranges.push((o, rng.range(1, 3 * MIB).min(n - o)));
+    }
+    for (o, l) in ranges {
+        let mut buf = vec![0u8; l as usize];
+        f.read_exact_at(&mut buf, o)
+            .unwrap_or_else(|e| panic!("{when}: read {l} at {o}: {e}"));
+        assert!(
+            buf == model[o as usize..(o + l) as usize],
+            "{when}: read of {l} bytes at {o} differs"
+        );
+    }
+    // Reading at and past the end returns nothing.
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        f.read_at(&mut buf, n).expect("read at EOF"),
+        0,
+        "{when}: read at EOF"
+    );
+    assert_eq!(
+        f.read_at(&mut buf, n + BLOCK).expect("read past EOF"),
+        0,
+        "{when}: read past EOF"
+    );
+}
+
+/// Truncating down drops the data; growing again reads zeros, never the old bytes.
+#[test]
+fn truncate_up_and_down() {
+    let Some(mut c) = s3_cluster() else { return };
+    let path = c.join("t");
+    let mut model = random_bytes(11, (10 * MIB) as usize);
+    std::fs::write(&path, &model).expect("write 10 MiB");
+
+    // Down by path into the middle of block 1, then up by descriptor past the old end.
+    let down = 5 * MIB + 123;
+    truncate(&path, down).expect("truncate down");
+    model.truncate(down as usize);
+    assert_file(&path, down, &sha256_bytes(&model), "after truncate down");
+    let f = OpenOptions::new().write(true).open(&path).expect("open");
+    f.set_len(12 * MIB).expect("ftruncate up");
+    drop(f);
+    model.resize((12 * MIB) as usize, 0);
+    assert_file(
+        &path,
+        12 * MIB,
+        &sha256_bytes(&model),
+        "after truncate up (zeros, not the old data)",
+    );
+
+    // Write into the extension, then cut inside a block and write past the end (a hole).
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open");
+    let patch = random_bytes(12, 300_000);
+    f.write_all_at(&patch, 9 * MIB).expect("write in extension");
+    model[(9 * MIB) as usize..(9 * MIB) as usize + patch.len()].copy_from_slice(&patch);
+    f.set_len(9 * MIB + 1000)
+        .expect("ftruncate inside the patch");
+    model.truncate((9 * MIB + 1000) as usize);
+    f.write_all_at(b"end", 14 * MIB)
+        .expect("write past the end");
+    model.resize((14 * MIB) as usize, 0);
+    model.extend_from_slice(b"end");
+    f.sync_all().expect("fsync");
+    drop(f);
+    let want = sha256_bytes(&model);
+    assert_file(&path, model.len() as u64, &want, "after cut and hole");
+
+    // To zero and up again: all zeros.
+    let z = c.join("z");
+    std::fs::write(&z, random_bytes(13, (6 * MIB) as usize)).expect("write z");
+    truncate(&z, 0).expect("truncate to 0");
+    assert_eq!(std::fs::metadata(&z).expect("stat").len(), 0);
+    truncate(&z, 6 * MIB + 7).expect("truncate up from 0");
+    let zeros = vec![0u8; (6 * MIB + 7) as usize];
+    assert_file(
+        &z,
+        zeros.len() as u64,
+        &sha256_bytes(&zeros),
+        "after truncate 0 then up",
+    );
+
+    // O_TRUNC on open.
+    let o = c.join("o");
+    std::fs::write(&o, random_bytes(14, (5 * MIB) as usize)).expect("write o");
+    let mut f = OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&o)
+        .expect("open O_TRUNC");
+    f.write_all(b"short").expect("write");
+    drop(f);
+    assert_file(&o, 5, &sha256_bytes(b"short"), "after O_TRUNC");
+
+    c.remount();
+    assert_file(&path, model.len() as u64, &want, "after remount");
+    assert_file(
+        &z,
+        zeros.len() as u64,
+        &sha256_bytes(&zeros),
+        "after remount",
+    );
+    assert_file(&o, 5, &sha256_bytes(b"short"), "after remount");
+}
+
+/// An open file that is unlinked stays readable (and writable) through its descriptor until
+/// closed, while its name is gone.
+#[test]
+fn unlinked_open_file_stays_readable() {
+    let Some(c) = s3_cluster() else { return };
+    let path = c.join("doomed");
+    let data = random_bytes(21, (6 * MIB + 5) as usize);
+    std::fs::write(&path, &data).expect("write");
+    let other = c.join("other");
+    std::fs::write(&other, b"x").expect("write other");
+
+    let mut f = File::open(&path).expect("open for reading");
+    let rw = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open rw");
+    std::fs::remove_file(&path).expect("unlink");
+    assert_errno(std::fs::metadata(&path), libc::ENOENT, "stat after unlink");
+    assert_eq!(
+        list(c.path()),
+        vec!["other".to_string()],
+        "listing after unlink"
+    );
+
+    let mut got = Vec::new();
+    f.read_to_end(&mut got)
+        .expect("read through the descriptor after unlink");
+    assert!(
+        got == data,
+        "contents through the unlinked descriptor differ ({} bytes read)",
+        got.len()
+    );
+    assert_eq!(
+        f.metadata().expect("fstat").nlink(),
+        0,
+        "nlink of an unlinked open file"
+    );
+
+    rw.write_all_at(b"still here", 4 * MIB - 3)
+        .expect("write through the unlinked descriptor");
+    rw.sync_all().expect("fsync the unlinked file");
+    let mut buf = [0u8; 10];
+    rw.read_exact_at(&mut buf, 4 * MIB - 3).expect("read back");
+    assert_eq!(&buf, b"still here");
+    drop(f);
+    drop(rw);
+
+    // A new file may take the name; the old contents do not come back.
+    std::fs::write(&path, b"new").expect("recreate");
+    assert_file(&path, 3, &sha256_bytes(b"new"), "recreated file");
+    let mut names = list(c.path());
+    names.sort();
+    assert_eq!(names, vec!["doomed".to_string(), "other".to_string()]);
+}
+
+/// Close-to-open: a second mount of the same volume sees what the first wrote once the file is
+/// closed, including an overwrite of a file it had read before, and the other way around.
+#[test]
+fn second_mount_sees_writes_after_close() {
+    let Some(c) = s3_cluster() else { return };
+    let m2 = c.new_mount();
+    let (a1, a2) = (c.join("a.bin"), m2.join("a.bin"));
+
+    let h = write_random_file(&a1, 31, 9 * MIB + 3, false).expect("write a.bin");
+    assert_file(&a2, 9 * MIB + 3, &h, "second mount, first read");
+
+    // Overwrite with a different size in mount 1; mount 2 opens again and sees the new data.
+    let h = write_random_file(&a1, 32, 5 * MIB, false).expect("overwrite a.bin");
+    assert_file(
+        &a2,
+        5 * MIB,
+        &h,
+        "second mount, after overwrite and close in the first",
+    );
+
+    // Same size, different bytes (mtime/size alone cannot reveal it).
+    let h = write_random_file(&a1, 33, 5 * MIB, false).expect("rewrite a.bin");
+    assert_file(
+        &a2,
+        5 * MIB,
+        &h,
+        "second mount, after a same-size rewrite in the first",
+    );
+
+    // Append in mount 1.
+    let mut data = random_bytes(33, (5 * MIB) as usize);
+    let mut f = OpenOptions::new()
+        .append(true)
+        .open(&a1)
+        .expect("open append");
+    f.write_all(b"appended").expect("append");
+    drop(f);
+    data.extend_from_slice(b"appended");
+    assert_file(
+        &a2,
+        data.len() as u64,
+        &sha256_bytes(&data),
+        "second mount, after append in the first",
+    );
+
+    // New names and folders made by mount 1 (never looked up by mount 2 before).
+    std::fs::create_dir(c.join("d")).expect("mkdir d");
+    let h = write_random_file(&c.join("d/x"), 34, 100_000, false).expect("write d/x");
+    assert_file(
+        &m2.join("d/x"),
+        100_000,
+        &h,
+        "second mount, new file in new folder",
+    );
+    assert_eq!(list(&m2.join("d")), vec!["x".to_string()]);
+
+    // And the other way.
+    let h = write_random_file(&m2.join("b.bin"), 35, 4 * MIB + 1, false).expect("write b.bin");
+    assert_file(
+        &c.join("b.bin"),
+        4 * MIB + 1,
+        &h,
+        "first mount, file written by the second",
+    );
+
+    // Unlink in one, gone in the other (within the entry cache's lifetime, a few seconds at most).
+    std::fs::remove_file(m2.join("b.bin")).expect("unlink b.bin");
+    let gone = wait_until(std::time::Duration::from_secs(5), || {
+        File::open(c.join("b.bin")).is_err_and(|e| errno(&e) == libc::ENOENT)
+    });
+    assert!(
+        gone,
+        "the first mount still opens b.bin 5 s after the second unlinked it"
+    );
+    drop(m2);
+}
