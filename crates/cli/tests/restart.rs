@@ -157,15 +157,26 @@ fn mount_reconnects_after_meta_kill9() {
         .spawn()
         .expect("start the file holder");
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fs::metadata(c.join("open-across")).map(|m| m.len()).unwrap_or(0) == 0 {
-        assert!(std::time::Instant::now() < deadline, "the holder did not write its first half");
+    while fs::metadata(c.join("open-across"))
+        .map(|m| m.len())
+        .unwrap_or(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the holder did not write its first half"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     c.meta_mut().kill();
     c.meta_mut().restart();
-    std::io::Write::write_all(holder.stdin.as_mut().expect("piped"), b"go\n").expect("signal the holder");
+    std::io::Write::write_all(holder.stdin.as_mut().expect("piped"), b"go\n")
+        .expect("signal the holder");
     let status = holder.wait().expect("wait for the holder");
-    assert!(status.success(), "writing, fsyncing and closing across the restart failed: {status}");
+    assert!(
+        status.success(),
+        "writing, fsyncing and closing across the restart failed: {status}"
+    );
 
     c.remount();
     assert_file(&c.join("before"), 6 * MIB, &h1, "after remount");

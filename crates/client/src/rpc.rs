@@ -18,13 +18,14 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Mutex};
+use tokio::sync::{oneshot, Mutex};
 use tracing::{info, warn};
 
 type Pending = Arc<StdMutex<HashMap<u64, oneshot::Sender<Response>>>>;
 
 struct Conn {
-    tx: mpsc::Sender<Vec<u8>>,
+    /// The socket's write half: callers write their frames directly (no hop through a task).
+    wr: Mutex<tokio::net::tcp::OwnedWriteHalf>,
     pending: Pending,
     generation: u64,
     /// Set by the reader task when the connection ends, before it fails the waiters.
@@ -126,7 +127,7 @@ impl MetaClient {
     async fn get_conn(&self) -> Result<Arc<Conn>, Transport> {
         let mut guard = self.conn.lock().await;
         if let Some(c) = guard.as_ref() {
-            if !c.tx.is_closed() && !c.dead.load(Ordering::Acquire) {
+            if !c.dead.load(Ordering::Acquire) {
                 return Ok(c.clone());
             }
         }
@@ -195,14 +196,7 @@ impl MetaClient {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
         let pending: Pending = Arc::default();
-        let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-        tokio::spawn(async move {
-            while let Some(buf) = rx.recv().await {
-                if wr.write_all(&buf).await.is_err() {
-                    break;
-                }
-            }
-        });
+        let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
         let pend = pending.clone();
         let dead = Arc::new(AtomicBool::new(false));
         let dead_flag = dead.clone();
@@ -224,7 +218,7 @@ impl MetaClient {
             pend.lock().expect("pending lock").clear();
         });
         Ok(Arc::new(Conn {
-            tx,
+            wr: Mutex::new(wr),
             pending,
             generation,
             dead,
@@ -286,7 +280,9 @@ impl MetaClient {
                         .map_err(|e| RpcError::new(ErrorCode::Internal, e.to_string()))?;
                     let (wtx, wrx) = oneshot::channel();
                     conn.pending.lock().expect("pending lock").insert(id, wtx);
-                    if conn.dead.load(Ordering::Acquire) || conn.tx.send(buf).await.is_err() {
+                    let sent = !conn.dead.load(Ordering::Acquire)
+                        && conn.wr.lock().await.write_all(&buf).await.is_ok();
+                    if !sent {
                         conn.pending.lock().expect("pending lock").remove(&id);
                         self.drop_conn(conn.generation).await;
                         "connection closed".to_string()

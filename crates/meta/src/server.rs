@@ -171,9 +171,8 @@ impl MetaServer {
         info!(%addr, volume = %info.name, block_size = info.block_size, compression = %info.compression, sync = cfg.sync, "metadata server listening");
         let (shutdown, rx) = watch::channel(false);
         let task = tokio::spawn(accept_loop(listener, shared.clone(), rx.clone()));
-        if !cfg.sync {
-            tokio::spawn(flush_loop(fs.clone(), cfg.flush_interval, rx.clone()));
-        }
+        // Also with --sync: lazy commits (opens and releases) are flushed on this schedule.
+        tokio::spawn(flush_loop(fs.clone(), cfg.flush_interval, rx.clone()));
         if let Some((dir, every, keep)) = cfg.backups.clone() {
             tokio::spawn(backup_loop(fs.clone(), dir, every, keep, rx.clone()));
         }
@@ -308,13 +307,23 @@ fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        let result = fs.store().write(|t| {
+        let run = |t: &mut dyn WriteTxn| {
             let mut out = Vec::with_capacity(batch.len());
             for job in &batch {
                 out.push(run_once(fs, t, job)?);
             }
             Ok::<_, StoreError>(out)
-        });
+        };
+        // Opens and releases are session bookkeeping: a batch of only those skips the fsync
+        // (they are made durable with the next commit or flush).
+        let lazy = batch
+            .iter()
+            .all(|j| matches!(j.request, Request::Open { .. } | Request::Release { .. }));
+        let result = if lazy {
+            fs.store().write_lazy(run)
+        } else {
+            fs.store().write(run)
+        };
         match result {
             Ok(responses) => {
                 for (job, resp) in batch.into_iter().zip(responses) {
@@ -399,7 +408,8 @@ async fn connection(
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    let (mut rd, wr) = sock.into_split();
+    let (rd, wr) = sock.into_split();
+    let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
     let writer = tokio::spawn(async move {
         let mut wr = BufWriter::new(wr);
@@ -472,7 +482,9 @@ async fn connection(
             // Durable on return: an empty synchronous commit persists every earlier one.
             let (fs, tx) = (shared.fs.clone(), tx.clone());
             tokio::spawn(async move {
-                let resp: Response = match tokio::task::spawn_blocking(move || fs.store().flush()).await {
+                let resp: Response = match tokio::task::spawn_blocking(move || fs.store().flush())
+                    .await
+                {
                     Ok(Ok(())) => Ok(Reply::Empty),
                     Ok(Err(e)) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
                     Err(e) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
@@ -496,6 +508,21 @@ async fn connection(
             } else {
                 Err(RpcError::new(ErrorCode::Stale, "session expired"))
             };
+            tx.send(frame::encode(id, &resp)?).await?;
+            continue;
+        }
+        // Point reads are a few microseconds of redb: answer them here, without a hop to
+        // another task or thread.
+        if matches!(
+            env.request,
+            Request::Lookup { .. }
+                | Request::GetAttr { .. }
+                | Request::GetXattr { .. }
+                | Request::GetBlocks { .. }
+                | Request::GetLock { .. }
+                | Request::ReadLink { .. }
+        ) {
+            let resp = read(&shared.fs, sess, env.request);
             tx.send(frame::encode(id, &resp)?).await?;
             continue;
         }

@@ -146,6 +146,13 @@ pub trait MetaStore: Send + Sync + 'static {
         &self,
         f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>,
     ) -> Result<R, E>;
+    /// Like [`MetaStore::write`], but the commit is durable only at the next durable commit or
+    /// [`MetaStore::flush`], even on a store opened with `sync`: for bookkeeping whose loss in
+    /// a crash is harmless (which files a session has open).
+    fn write_lazy<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
+    ) -> Result<R, E>;
     /// Run `f` in a write transaction; commit if it returns `Ok`, abort otherwise.
     fn write<R, E: From<StoreError>>(
         &self,
@@ -188,6 +195,29 @@ impl RedbStore {
             sync,
             dirty: AtomicBool::new(false),
         })
+    }
+}
+
+impl RedbStore {
+    fn commit<R, E: From<StoreError>>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
+    ) -> Result<R, E> {
+        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        let durability = if durable {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        };
+        txn.set_durability(durability).map_err(StoreError::from)?;
+        let mut txn = RedbWrite(txn);
+        let out = f(&mut txn)?;
+        txn.0.commit().map_err(StoreError::from)?;
+        if !durable {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(out)
     }
 }
 
@@ -264,24 +294,18 @@ impl MetaStore for RedbStore {
         f(&txn)
     }
 
+    fn write_lazy<R, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
+    ) -> Result<R, E> {
+        self.commit(false, f)
+    }
+
     fn write<R, E: From<StoreError>>(
         &self,
         f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
-        let durability = if self.sync {
-            redb::Durability::Immediate
-        } else {
-            redb::Durability::None
-        };
-        txn.set_durability(durability).map_err(StoreError::from)?;
-        let mut txn = RedbWrite(txn);
-        let out = f(&mut txn)?;
-        txn.0.commit().map_err(StoreError::from)?;
-        if !self.sync {
-            self.dirty.store(true, Ordering::Release);
-        }
-        Ok(out)
+        self.commit(self.sync, f)
     }
 
     fn flush(&self) -> Result<(), StoreError> {
