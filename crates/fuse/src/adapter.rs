@@ -97,6 +97,15 @@ fn caller(req: &Request) -> Caller {
         uid: req.uid(),
         gid: req.gid(),
         pid: req.pid(),
+        umask: 0,
+    }
+}
+
+/// The caller of a create, with the umask the kernel leaves to us (FUSE_DONT_MASK).
+fn creator(req: &Request, umask: u32) -> Caller {
+    Caller {
+        umask: umask & 0o777,
+        ..caller(req)
     }
 }
 
@@ -170,7 +179,11 @@ impl Filesystem for CairnFuse {
             | InitFlags::FUSE_CACHE_SYMLINKS
             | InitFlags::FUSE_ASYNC_DIO
             | InitFlags::FUSE_POSIX_LOCKS
-            | InitFlags::FUSE_FLOCK_LOCKS;
+            | InitFlags::FUSE_FLOCK_LOCKS
+            // The kernel enforces ACLs; the server keeps them, inherits default ACLs and applies
+            // the umask itself (a default ACL replaces it).
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_DONT_MASK;
         let _ = config.add_capabilities(wanted & config.capabilities());
         Ok(())
     }
@@ -246,7 +259,7 @@ impl Filesystem for CairnFuse {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         rdev: u32,
         reply: ReplyEntry,
     ) {
@@ -254,7 +267,7 @@ impl Filesystem for CairnFuse {
             reply.error(Errno::EINVAL);
             return;
         };
-        let (n, who) = (name(n), caller(req));
+        let (n, who) = (name(n), creator(req, umask));
         self.spawn("mknod", parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false)
@@ -272,10 +285,10 @@ impl Filesystem for CairnFuse {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         reply: ReplyEntry,
     ) {
-        let (n, who) = (name(n), caller(req));
+        let (n, who) = (name(n), creator(req, umask));
         self.spawn("mkdir", parent.0, move |c| async move {
             match c.mkdir(parent.0, &n, mode & 0o7777, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
@@ -480,7 +493,14 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn fsyncdir(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
         self.spawn("fsyncdir", ino.0, move |c| async move {
             match c.sync().await {
                 Ok(()) => reply.ok(),
@@ -735,11 +755,11 @@ impl Filesystem for CairnFuse {
         parent: INodeNo,
         n: &OsStr,
         mode: u32,
-        _umask: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        let (n, who) = (name(n), caller(req));
+        let (n, who) = (name(n), creator(req, umask));
         self.spawn("create", parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true)

@@ -6,6 +6,7 @@
 //! cannot see: existence, types, emptiness, rename ancestry, link counts, and the bookkeeping of
 //! timestamps, usage, open-but-unlinked inodes and superseded blocks.
 
+use crate::acl;
 use crate::keys::*;
 use crate::store::{MetaStore, ReadTxn, StoreError, Table, WriteTxn};
 use cairn_proto::*;
@@ -354,6 +355,15 @@ impl<S: MetaStore> Fs<S> {
             let now = Timestamp::now();
             if let Some(mode) = set.mode {
                 rec.perm = mode & 0o7777;
+                // chmod rewrites the owner, mask and other entries of an access ACL.
+                let key = k2(ino, acl::ACCESS);
+                if let Some(mut a) = t
+                    .get(Table::Xattrs, &key)?
+                    .and_then(|v| acl::Acl::parse(&v))
+                {
+                    a.chmod(mode);
+                    t.put(Table::Xattrs, &key, &a.to_bytes())?;
+                }
             }
             if set.uid.is_some() || set.gid.is_some() {
                 let uid_changes = set.uid.is_some_and(|u| u != rec.uid);
@@ -416,12 +426,14 @@ impl<S: MetaStore> Fs<S> {
         self.store.write(|t| self.setattr_in(t, ino, set))
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn create_node(
         t: &mut dyn WriteTxn,
         parent: Ino,
         name: &[u8],
         session: u64,
         open: bool,
+        umask: u32,
         make: impl FnOnce(&InodeRecord, Timestamp) -> InodeRecord,
     ) -> FsResult<Attr> {
         check_name(name)?;
@@ -436,6 +448,26 @@ impl<S: MetaStore> Fs<S> {
             let now = Timestamp::now();
             let mut rec = make(&dir, now);
             let ino = alloc_ino(t)?;
+            if rec.kind != FileKind::Symlink {
+                // A default ACL on the directory replaces the umask (posix_acl_create).
+                match t
+                    .get(Table::Xattrs, &k2(parent, acl::DEFAULT))?
+                    .and_then(|v| acl::Acl::parse(&v))
+                {
+                    Some(default) => {
+                        let (perm, access, own_default) =
+                            acl::inherit(&default, rec.perm, rec.kind == FileKind::Dir);
+                        rec.perm = perm;
+                        if let Some(a) = access {
+                            t.put(Table::Xattrs, &k2(ino, acl::ACCESS), &a.to_bytes())?;
+                        }
+                        if let Some(d) = own_default {
+                            t.put(Table::Xattrs, &k2(ino, acl::DEFAULT), &d.to_bytes())?;
+                        }
+                    }
+                    None => rec.perm &= !umask,
+                }
+            }
             if rec.kind == FileKind::Dir {
                 rec.parent = parent;
                 dir.nlink += 1;
@@ -471,7 +503,7 @@ impl<S: MetaStore> Fs<S> {
         if matches!(kind, FileKind::Dir | FileKind::Symlink) {
             return err(ErrorCode::Invalid);
         }
-        Self::create_node(t, parent, name, session, open, |dir, now| {
+        Self::create_node(t, parent, name, session, open, caller.umask, |dir, now| {
             let mut r = new_record(kind, perm, caller, dir, now);
             r.rdev = rdev;
             r
@@ -487,7 +519,7 @@ impl<S: MetaStore> Fs<S> {
         perm: u32,
         caller: &Caller,
     ) -> FsResult<Attr> {
-        Self::create_node(t, parent, name, 0, false, |dir, now| {
+        Self::create_node(t, parent, name, 0, false, caller.umask, |dir, now| {
             new_record(FileKind::Dir, perm, caller, dir, now)
         })
     }
@@ -507,7 +539,7 @@ impl<S: MetaStore> Fs<S> {
         if target.len() > PATH_MAX {
             return err(ErrorCode::NameTooLong);
         }
-        Self::create_node(t, parent, name, 0, false, |dir, now| {
+        Self::create_node(t, parent, name, 0, false, 0, |dir, now| {
             let mut r = new_record(FileKind::Symlink, 0o777, caller, dir, now);
             r.perm = 0o777;
             r.size = target.len() as u64;
@@ -896,6 +928,19 @@ impl<S: MetaStore> Fs<S> {
             }
             if flags & xattr_flags::REPLACE != 0 && !exists {
                 return err(ErrorCode::NoXattr);
+            }
+            if name == acl::ACCESS || name == acl::DEFAULT {
+                let parsed = acl::Acl::parse(value)
+                    .ok_or(RpcError::new(ErrorCode::Invalid, "malformed POSIX ACL"))?;
+                if name == acl::ACCESS {
+                    // The mode follows the ACL; an ACL the mode says in full is not kept.
+                    rec.perm = (rec.perm & !0o777) | parsed.mode_bits();
+                    if parsed.is_minimal() {
+                        t.delete(Table::Xattrs, &key)?;
+                        rec.ctime = Timestamp::now();
+                        return put_inode(t, ino, &rec);
+                    }
+                }
             }
             t.put(Table::Xattrs, &key, value)?;
             rec.ctime = Timestamp::now();

@@ -7,6 +7,7 @@
 //! This crate never touches object storage: it stores block *references* that clients commit
 //! after the objects are durable, and records superseded ones for the reconciler.
 
+pub mod acl;
 pub mod backup;
 pub mod fs;
 pub mod keys;

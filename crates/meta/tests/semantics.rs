@@ -23,6 +23,7 @@ const ME: Caller = Caller {
     uid: 1000,
     gid: 1000,
     pid: 1,
+    umask: 0,
 };
 
 fn file(fs: &Fs<RedbStore>, parent: Ino, name: &str) -> Attr {

@@ -170,6 +170,9 @@ pub struct Caller {
     pub gid: u32,
     /// Process id, for logs and lock ownership.
     pub pid: u32,
+    /// The process's umask, applied by the server on create unless the parent directory has a
+    /// default ACL (which replaces it).
+    pub umask: u32,
 }
 
 /// A time to set: a given instant, or the server's clock.
