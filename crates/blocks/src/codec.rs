@@ -8,13 +8,21 @@
 //! | 0      | 4    | magic          | `b"CRNB"`                                                     |
 //! | 4      | 1    | format version | `1`                                                           |
 //! | 5      | 1    | compression id | `0` none, `1` lz4 (block format), `2` zstd                    |
-//! | 6      | 1    | flags          | bit 0 reserved for "encrypted"; no flag is defined in version 1 |
+//! | 6      | 1    | flags          | bit 0: payload encrypted (AES-256-GCM); no other flag defined |
 //! | 7      | 1    | reserved       | `0`                                                           |
 //! | 8      | 4    | raw length     | length of the block before compression (at most 16 MiB)       |
 //! | 12     | 4    | payload length | length of the bytes after the header                          |
 //! | 16     | 4    | payload crc    | crc32c of the payload                                         |
 //! | 20     | 4    | raw crc        | crc32c of the raw (decompressed) block                        |
 //! | 24     | …    | payload        | the block, compressed with the algorithm named by the id      |
+//!
+//! Encryption (a codec given a key, [`BlockCodec::with_key`]): after compression the payload
+//! becomes `nonce (12 random bytes) · AES-256-GCM(compressed) · tag (16)`, flag bit 0 is set and
+//! the raw crc is written as 0 (a checksum of the plaintext would tell something about it; the
+//! GCM tag authenticates the plaintext instead). The associated data is the header's first 16
+//! bytes (magic to payload length) and the object's path, so a block cannot be moved to another
+//! key or have its lengths or compression changed without the tag failing. The key never leaves
+//! the client; the store and the servers see only ciphertext.
 //!
 //! Encoding:
 //! 1. Compress the raw block with the codec's [`Compression`].
@@ -62,8 +70,10 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const HEADER_LEN: usize = 24;
 /// Largest raw block the codec accepts: twice the largest block size a volume may use (8 MiB).
 pub const MAX_RAW_LEN: usize = 16 << 20;
-/// Flag bit 0: payload is encrypted. Reserved; this version neither writes nor reads it.
+/// Flag bit 0: payload is encrypted (AES-256-GCM; see the module doc).
 pub const FLAG_ENCRYPTED: u8 = 0b0000_0001;
+/// Bytes of the GCM nonce at the start of an encrypted payload.
+const NONCE_LEN: usize = 12;
 
 const COMPRESSION_NONE: u8 = 0;
 const COMPRESSION_LZ4: u8 = 1;
@@ -172,6 +182,12 @@ pub enum CodecError {
         /// Flags found.
         flags: u8,
     },
+    /// The block is encrypted and this mount has no key.
+    #[error("block is encrypted and no key was given: mount with --encryption-key-file")]
+    NeedsKey,
+    /// Decryption failed: a different key, or a block changed or moved in storage.
+    #[error("block does not decrypt: wrong encryption key, or the object was altered or moved")]
+    Decrypt,
     /// The reserved header byte is not zero.
     #[error("reserved header byte is {value:#04x}, expected 0")]
     BadReserved {
@@ -226,16 +242,43 @@ pub enum CodecError {
 }
 
 /// Turns raw block bytes into the stored object bytes and back. See the module doc for the format.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct BlockCodec {
     compression: Compression,
+    key: Option<std::sync::Arc<aes_gcm::Aes256Gcm>>,
+}
+
+impl std::fmt::Debug for BlockCodec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print key material.
+        f.debug_struct("BlockCodec")
+            .field("compression", &self.compression)
+            .field("encrypted", &self.key.is_some())
+            .finish()
+    }
 }
 
 impl BlockCodec {
     /// A codec that compresses new blocks with `compression`. Decoding reads the algorithm from
     /// each block's header, so any codec decodes any block.
     pub fn new(compression: Compression) -> Self {
-        Self { compression }
+        Self {
+            compression,
+            key: None,
+        }
+    }
+
+    /// The same codec, encrypting new blocks with AES-256-GCM under `key` and decrypting
+    /// encrypted ones.
+    pub fn with_key(mut self, key: &[u8; 32]) -> Self {
+        use aes_gcm::KeyInit;
+        self.key = Some(std::sync::Arc::new(aes_gcm::Aes256Gcm::new(key.into())));
+        self
+    }
+
+    /// Whether new blocks are encrypted.
+    pub fn encrypts(&self) -> bool {
+        self.key.is_some()
     }
 
     /// The compression new blocks are written with.
@@ -249,6 +292,14 @@ impl BlockCodec {
     /// If `raw` is longer than [`MAX_RAW_LEN`]: block sizes are at most 8 MiB, so a longer block is
     /// a bug in the caller, and writing it would make an object no reader accepts.
     pub fn encode(&self, raw: &[u8]) -> Bytes {
+        self.encode_for(raw, b"")
+    }
+
+    /// Encodes one block for the object at `path` (bound into the encryption, if any).
+    ///
+    /// # Panics
+    /// As [`BlockCodec::encode`].
+    pub fn encode_for(&self, raw: &[u8], path: &[u8]) -> Bytes {
         assert!(
             raw.len() <= MAX_RAW_LEN,
             "block of {} bytes exceeds the {MAX_RAW_LEN}-byte limit",
@@ -266,6 +317,9 @@ impl BlockCodec {
             Some((id, c)) if c.len() < raw.len() => (*id, c),
             _ => (COMPRESSION_NONE, raw),
         };
+        if let Some(cipher) = &self.key {
+            return encrypt(cipher, id, raw.len(), payload, path);
+        }
         let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
         out.extend_from_slice(&MAGIC);
         out.push(FORMAT_VERSION);
@@ -289,6 +343,11 @@ impl BlockCodec {
     /// Decodes the bytes of a block object into the raw block. Verifies magic, format version,
     /// flags, lengths and both checksums; never panics, whatever the bytes.
     pub fn decode(&self, stored: &[u8]) -> Result<Bytes, CodecError> {
+        self.decode_for(stored, b"")
+    }
+
+    /// Decodes the object at `path` (bound into the encryption, if any).
+    pub fn decode_for(&self, stored: &[u8], path: &[u8]) -> Result<Bytes, CodecError> {
         let header = Header::parse(stored)?;
         let payload = &stored[HEADER_LEN..];
         let actual = crc32c::crc32c(payload);
@@ -298,6 +357,21 @@ impl BlockCodec {
                 actual,
             });
         }
+        let decrypted;
+        let payload: &[u8] = if header.encrypted {
+            let cipher = self.key.as_ref().ok_or(CodecError::NeedsKey)?;
+            decrypted = decrypt(cipher, &stored[..16], payload, path)?;
+            if header.compression == COMPRESSION_NONE && decrypted.len() != header.raw_len as usize
+            {
+                return Err(CodecError::LengthMismatch {
+                    expected: u64::from(header.raw_len),
+                    actual: decrypted.len() as u64,
+                });
+            }
+            &decrypted
+        } else {
+            payload
+        };
         let raw_len = header.raw_len as usize;
         let raw: Vec<u8> = match header.compression {
             COMPRESSION_NONE => payload.to_vec(),
@@ -322,6 +396,10 @@ impl BlockCodec {
             // Header::parse rejects every other id.
             id => return Err(CodecError::UnknownCompression { id }),
         };
+        if header.encrypted {
+            // The GCM tag already authenticated the plaintext.
+            return Ok(Bytes::from(raw));
+        }
         let actual = if header.compression == COMPRESSION_NONE {
             header.payload_crc
         } else {
@@ -337,6 +415,72 @@ impl BlockCodec {
     }
 }
 
+fn aad(header16: &[u8], path: &[u8]) -> Vec<u8> {
+    let mut a = Vec::with_capacity(16 + path.len());
+    a.extend_from_slice(header16);
+    a.extend_from_slice(path);
+    a
+}
+
+fn encrypt(
+    cipher: &aes_gcm::Aes256Gcm,
+    id: u8,
+    raw_len: usize,
+    payload: &[u8],
+    path: &[u8],
+) -> Bytes {
+    use aes_gcm::aead::{Aead, Payload};
+    let nonce: [u8; NONCE_LEN] = rand::random();
+    let sealed_len = NONCE_LEN + payload.len() + 16;
+    let mut out = Vec::with_capacity(HEADER_LEN + sealed_len);
+    out.extend_from_slice(&MAGIC);
+    out.push(FORMAT_VERSION);
+    out.push(id);
+    out.push(FLAG_ENCRYPTED);
+    out.push(0); // reserved
+    out.extend_from_slice(&len_u32(raw_len).to_le_bytes());
+    out.extend_from_slice(&len_u32(sealed_len).to_le_bytes());
+    let sealed = cipher
+        .encrypt(
+            (&nonce).into(),
+            Payload {
+                msg: payload,
+                aad: &aad(&out[..16], path),
+            },
+        )
+        .expect("AES-GCM encryption of an in-memory buffer under 64 GiB cannot fail");
+    let mut body = Vec::with_capacity(sealed_len);
+    body.extend_from_slice(&nonce);
+    body.extend_from_slice(&sealed);
+    out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes()); // raw crc: not written for encrypted blocks
+    out.extend_from_slice(&body);
+    Bytes::from(out)
+}
+
+fn decrypt(
+    cipher: &aes_gcm::Aes256Gcm,
+    header16: &[u8],
+    payload: &[u8],
+    path: &[u8],
+) -> Result<Vec<u8>, CodecError> {
+    use aes_gcm::aead::{Aead, Payload};
+    if payload.len() < NONCE_LEN + 16 {
+        return Err(CodecError::Decrypt);
+    }
+    let (nonce, sealed) = payload.split_at(NONCE_LEN);
+    let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CodecError::Decrypt)?;
+    cipher
+        .decrypt(
+            nonce.into(),
+            Payload {
+                msg: sealed,
+                aad: &aad(header16, path),
+            },
+        )
+        .map_err(|_| CodecError::Decrypt)
+}
+
 fn decompress_err(raw_len: u32, reason: String) -> CodecError {
     CodecError::Decompress { raw_len, reason }
 }
@@ -348,6 +492,7 @@ fn len_u32(len: usize) -> u32 {
 
 /// The checked header of a block object.
 struct Header {
+    encrypted: bool,
     compression: u8,
     raw_len: u32,
     payload_crc: u32,
@@ -369,9 +514,10 @@ impl Header {
             return Err(CodecError::UnsupportedVersion { version: h[4] });
         }
         let compression = h[5];
-        if h[6] != 0 {
+        if h[6] & !FLAG_ENCRYPTED != 0 {
             return Err(CodecError::UnknownFlags { flags: h[6] });
         }
+        let encrypted = h[6] & FLAG_ENCRYPTED != 0;
         if h[7] != 0 {
             return Err(CodecError::BadReserved { value: h[7] });
         }
@@ -395,13 +541,14 @@ impl Header {
                 actual: present,
             });
         }
-        if compression == COMPRESSION_NONE && payload_len != u64::from(raw_len) {
+        if !encrypted && compression == COMPRESSION_NONE && payload_len != u64::from(raw_len) {
             return Err(CodecError::LengthMismatch {
                 expected: u64::from(raw_len),
                 actual: payload_len,
             });
         }
         Ok(Header {
+            encrypted,
             compression,
             raw_len,
             payload_crc: u32_at(16),
@@ -591,11 +738,52 @@ mod tests {
     }
 
     #[test]
+    fn encryption_round_trips_hides_plaintext_and_binds_the_path() {
+        let key = [7u8; 32];
+        let raw = b"ACGT sample line that must not appear in the bucket ".repeat(2000);
+        for c in ALL {
+            let codec = BlockCodec::new(c).with_key(&key);
+            let stored = codec.encode_for(&raw, b"p/1");
+            assert_eq!(stored[6], FLAG_ENCRYPTED);
+            assert!(
+                !stored.windows(20).any(|w| w == &raw[..20]),
+                "plaintext in the object ({c})"
+            );
+            assert_eq!(codec.decode_for(&stored, b"p/1").unwrap(), raw);
+            // Moved to another path, read without a key, or with another key: an error, never data.
+            assert_eq!(
+                codec.decode_for(&stored, b"p/2").unwrap_err(),
+                CodecError::Decrypt
+            );
+            assert_eq!(
+                BlockCodec::new(c).decode_for(&stored, b"p/1").unwrap_err(),
+                CodecError::NeedsKey
+            );
+            let other = BlockCodec::new(c).with_key(&[8u8; 32]);
+            assert_eq!(
+                other.decode_for(&stored, b"p/1").unwrap_err(),
+                CodecError::Decrypt
+            );
+        }
+        // A flipped ciphertext byte with a recomputed payload crc still fails the tag.
+        let codec = BlockCodec::new(Compression::None).with_key(&key);
+        let mut stored = codec.encode_for(&raw, b"p").to_vec();
+        let last = stored.len() - 1;
+        stored[last] ^= 1;
+        let crc = crc32c::crc32c(&stored[HEADER_LEN..]);
+        stored[16..20].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(
+            codec.decode_for(&stored, b"p").unwrap_err(),
+            CodecError::Decrypt
+        );
+    }
+
+    #[test]
     fn rejects_unknown_flags_with_a_clear_message() {
         let mut b = sample();
-        b[6] = FLAG_ENCRYPTED;
+        b[6] = 0b10;
         let err = decode(&b).unwrap_err();
-        assert_eq!(err, CodecError::UnknownFlags { flags: 1 });
+        assert_eq!(err, CodecError::UnknownFlags { flags: 2 });
         let msg = err.to_string();
         assert!(
             msg.contains("encrypted") && msg.contains("upgrade cairn"),

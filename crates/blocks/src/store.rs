@@ -429,7 +429,7 @@ impl BlockStore {
             rand::random::<u64>()
         ));
         let raw = Bytes::from(format!("cairn store check of volume {}", inner.volume));
-        let stored = inner.codec.encode(&raw);
+        let stored = inner.codec.encode_for(&raw, path.as_ref().as_bytes());
         inner
             .probe
             .put_opts(&path, stored.into(), PutMode::Create.into())
@@ -455,7 +455,7 @@ impl BlockStore {
     pub async fn put(&self, key: &BlockKey, raw: Bytes) -> Result<u64, BlockError> {
         let inner = &self.inner;
         let path = self.path(key);
-        let stored = self.encode(raw.clone()).await;
+        let stored = self.encode(raw.clone(), &path).await;
         let len = stored.len() as u64;
         match inner
             .data
@@ -487,20 +487,24 @@ impl BlockStore {
         }
     }
 
-    async fn encode(&self, raw: Bytes) -> Bytes {
+    /// Encode for the object at `path` (the path is bound into the encryption, if any).
+    async fn encode(&self, raw: Bytes, path: &Path) -> Bytes {
         if raw.len() < OFFLOAD_MIN_LEN {
-            return self.inner.codec.encode(&raw);
+            return self.inner.codec.encode_for(&raw, path.as_ref().as_bytes());
         }
-        let codec = self.inner.codec.clone();
-        off_runtime(move || codec.encode(&raw)).await
+        let (codec, path) = (self.inner.codec.clone(), path.to_string());
+        off_runtime(move || codec.encode_for(&raw, path.as_bytes())).await
     }
 
-    async fn decode(&self, stored: Bytes) -> Result<Bytes, CodecError> {
+    async fn decode(&self, stored: Bytes, path: &Path) -> Result<Bytes, CodecError> {
         if stored.len() < OFFLOAD_MIN_LEN {
-            return self.inner.codec.decode(&stored);
+            return self
+                .inner
+                .codec
+                .decode_for(&stored, path.as_ref().as_bytes());
         }
-        let codec = self.inner.codec.clone();
-        off_runtime(move || codec.decode(&stored)).await
+        let (codec, path) = (self.inner.codec.clone(), path.to_string());
+        off_runtime(move || codec.decode_for(&stored, path.as_bytes())).await
     }
 
     /// Read and decode a block; checks length and checksums.
@@ -532,7 +536,7 @@ impl BlockStore {
             let stored = async { store.get(path).await?.bytes().await }
                 .await
                 .map_err(|e| self.error(op, path, e))?;
-            let decoded = self.decode(stored.clone()).await;
+            let decoded = self.decode(stored.clone(), path).await;
             Ok::<_, BlockError>((decoded, stored.len() as u64))
         };
         let reason = match read().await? {

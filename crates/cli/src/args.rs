@@ -153,6 +153,10 @@ pub struct VolumeSettings {
     /// Compression of new blocks: zstd, zstd:LEVEL (1-19), lz4 or none.
     #[arg(long, default_value = "zstd", value_parser = parse_compression)]
     pub compression: String,
+    /// A new volume's blocks are encrypted by its mounts (AES-256-GCM with a key only the
+    /// mounts hold: `cairn mount start --encryption-key-file`).
+    #[arg(long)]
+    pub encrypted: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +190,10 @@ pub struct MountArgs {
     /// Mount over a non-empty directory.
     #[arg(long)]
     pub nonempty: bool,
+    /// Key of an encrypted volume: a file of 32 bytes, or of 64 hex digits (e.g. made with
+    /// `openssl rand -hex 32 > key`). It never leaves this host.
+    #[arg(long, value_name = "PATH")]
+    pub encryption_key_file: Option<std::path::PathBuf>,
     /// Memory for cached blocks, e.g. 512MiB.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub cache_size: u64,

@@ -150,6 +150,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
                 name: a.volume,
                 block_size: a.volume_settings.block_size,
                 compression: a.volume_settings.compression,
+                encrypted: a.volume_settings.encrypted,
             },
             sync: a.sync,
             flush_interval: a.flush_interval,
@@ -287,6 +288,35 @@ fn daemonize(mut args: Vec<String>, log: &Path, what: &str) -> anyhow::Result<()
     }
 }
 
+/// A key file: 32 raw bytes, or 64 hex digits (surrounding whitespace ignored).
+fn read_key_file(path: &Path) -> anyhow::Result<[u8; 32]> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("read the encryption key file {}", path.display()))?;
+    if let Ok(raw) = <[u8; 32]>::try_from(bytes.as_slice()) {
+        return Ok(raw);
+    }
+    let text = String::from_utf8_lossy(&bytes);
+    let hex = text.trim();
+    let mut key = [0u8; 32];
+    if hex.len() == 64 && hex.is_ascii() {
+        let ok = (0..32).all(|i| match u8::from_str_radix(&hex[2 * i..2 * i + 2], 16) {
+            Ok(b) => {
+                key[i] = b;
+                true
+            }
+            Err(_) => false,
+        });
+        if ok {
+            return Ok(key);
+        }
+    }
+    bail!(
+        "encryption key file {} must hold 32 bytes or 64 hex digits (make one with `openssl rand -hex 32 > {}`)",
+        path.display(),
+        path.display()
+    )
+}
+
 fn default_log(name: &str) -> PathBuf {
     PathBuf::from("/var/log/cairn").join(format!("{name}.log"))
 }
@@ -316,8 +346,14 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     init_logging(a.log_file.as_deref());
     cairn_fuse::check_mountpoint(&mountpoint, a.nonempty)?;
     let rt = runtime()?;
+    let encryption_key = a
+        .encryption_key_file
+        .as_deref()
+        .map(read_key_file)
+        .transpose()?;
     let cfg = ClientConfig {
         cache_bytes: a.cache_size,
+        encryption_key,
         ..ClientConfig::new(
             RpcConfig {
                 addr: a.meta.clone(),
@@ -454,6 +490,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             name: "default".into(),
             block_size: 4 << 20,
             compression: "zstd".into(),
+            encrypted: false,
         },
         sync: true,
         flush_interval: Duration::from_secs(1),

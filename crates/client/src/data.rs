@@ -37,6 +37,8 @@ pub struct ClientConfig {
     pub max_uploads: usize,
     /// Largest read-ahead window, in blocks.
     pub max_readahead_blocks: u64,
+    /// Key of an encrypted volume (never sent anywhere).
+    pub encryption_key: Option<[u8; 32]>,
 }
 
 impl ClientConfig {
@@ -48,6 +50,7 @@ impl ClientConfig {
             cache_bytes: 512 << 20,
             max_uploads: 16,
             max_readahead_blocks: 8,
+            encryption_key: None,
         }
     }
 }
@@ -137,12 +140,34 @@ impl Client {
                 format!("volume compression `{}`: {e}", volume.compression),
             )
         })?;
-        let store = BlockStore::open(&cfg.store, &volume.name, BlockCodec::new(compression))
+        let codec = match (volume.encrypted, &cfg.encryption_key) {
+            (true, Some(key)) => BlockCodec::new(compression).with_key(key),
+            (false, None) => BlockCodec::new(compression),
+            (true, None) => {
+                return Err(RpcError::new(
+                    ErrorCode::Invalid,
+                    format!("volume `{}` is encrypted: mount it with --encryption-key-file", volume.name),
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(RpcError::new(
+                    ErrorCode::Invalid,
+                    format!(
+                        "volume `{}` is not encrypted: drop --encryption-key-file (encryption is chosen when the volume is created: cairn meta serve --encrypted)",
+                        volume.name
+                    ),
+                ))
+            }
+        };
+        let store = BlockStore::open(&cfg.store, &volume.name, codec)
             .map_err(|e| RpcError::new(ErrorCode::Invalid, e.to_string()))?;
         store
             .check()
             .await
             .map_err(|e| RpcError::new(ErrorCode::Unavailable, e.to_string()))?;
+        if volume.encrypted {
+            check_key(&store, &volume.name).await?;
+        }
         let cache = Arc::new(BlockCache::with_weighter(
             (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
             cfg.cache_bytes,
@@ -1022,6 +1047,38 @@ impl Client {
         };
         base.resize(existing, 0);
         Ok(base)
+    }
+}
+
+/// The block that proves a mount's key: block 0 of inode 0 (no file has inode 0), holding a known
+/// text encrypted under the volume's key. The first encrypted mount writes it; every later mount
+/// must decrypt it, so a wrong key fails the mount instead of the first read.
+const KEY_CHECK: BlockKey = BlockKey {
+    ino: 0,
+    index: 0,
+    version: 0,
+};
+const KEY_CHECK_TEXT: &[u8] = b"cairn key check v1";
+
+async fn check_key(store: &BlockStore, volume: &str) -> Result<(), RpcError> {
+    let wrong = || {
+        RpcError::new(
+            ErrorCode::Invalid,
+            format!("the encryption key does not match volume `{volume}`: mount with the key the volume was written with"),
+        )
+    };
+    match store.get(&KEY_CHECK).await {
+        Ok(text) if text == KEY_CHECK_TEXT => Ok(()),
+        Ok(_) => Err(wrong()),
+        Err(cairn_blocks::BlockError::NotFound { .. }) => {
+            store
+                .put(&KEY_CHECK, Bytes::from_static(KEY_CHECK_TEXT))
+                .await
+                .map_err(|e| io_err(format!("write the key check: {e}")))?;
+            Ok(())
+        }
+        Err(cairn_blocks::BlockError::Corrupt { .. }) => Err(wrong()),
+        Err(e) => Err(io_err(format!("read the key check: {e}"))),
     }
 }
 

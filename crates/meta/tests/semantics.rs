@@ -9,6 +9,7 @@ fn volume() -> VolumeInfo {
         name: "t".into(),
         block_size: 1 << 20,
         compression: "none".into(),
+        encrypted: false,
     }
 }
 

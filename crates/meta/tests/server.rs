@@ -16,6 +16,7 @@ fn config(dir: &std::path::Path, sync: bool) -> ServeConfig {
             name: "v".into(),
             block_size: 1 << 20,
             compression: "none".into(),
+            encrypted: false,
         },
         sync,
         flush_interval: Duration::from_millis(100),

@@ -257,6 +257,8 @@ pub struct VolumeInfo {
     pub block_size: u32,
     /// Compression for new blocks: "zstd", "zstd:LEVEL", "lz4" or "none".
     pub compression: String,
+    /// Blocks are encrypted on the clients (AES-256-GCM); every mount needs the key.
+    pub encrypted: bool,
 }
 
 /// Flags of an xattr set, as in setxattr(2).
