@@ -241,38 +241,30 @@ fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(out)
 }
 
-impl ReadTxn for RedbRead {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.0.open_table(table.def())?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
-    }
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Pairs, StoreError> {
-        scan(&self.0.open_table(table.def())?, start, end, limit)
-    }
+/// One `ReadTxn` impl for both redb transaction kinds: they differ only in the table type
+/// `open_table` returns.
+macro_rules! redb_reads {
+    ($txn:ty) => {
+        impl ReadTxn for $txn {
+            fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+                let t = self.0.open_table(table.def())?;
+                let v = t.get(key)?.map(|v| v.value().to_vec());
+                Ok(v)
+            }
+            fn range(
+                &self,
+                table: Table,
+                start: &[u8],
+                end: &[u8],
+                limit: usize,
+            ) -> Result<Pairs, StoreError> {
+                scan(&self.0.open_table(table.def())?, start, end, limit)
+            }
+        }
+    };
 }
-
-impl ReadTxn for RedbWrite {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.0.open_table(table.def())?;
-        let v = t.get(key)?.map(|v| v.value().to_vec());
-        Ok(v)
-    }
-    fn range(
-        &self,
-        table: Table,
-        start: &[u8],
-        end: &[u8],
-        limit: usize,
-    ) -> Result<Pairs, StoreError> {
-        scan(&self.0.open_table(table.def())?, start, end, limit)
-    }
-}
+redb_reads!(RedbRead);
+redb_reads!(RedbWrite);
 
 impl WriteTxn for RedbWrite {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
