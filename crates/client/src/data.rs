@@ -55,7 +55,7 @@ impl ClientConfig {
     }
 }
 
-/// The answer to an open: attributes and whether the kernel may keep its page cache.
+/// The answer to an open: the attributes the file has now (close-to-open).
 #[derive(Clone, Debug)]
 pub struct Opened {
     /// Attributes at open.
@@ -1081,6 +1081,3 @@ async fn check_key(store: &BlockStore, volume: &str) -> Result<(), RpcError> {
         Err(e) => Err(io_err(format!("read the key check: {e}"))),
     }
 }
-
-/// Default patience with an unreachable metadata server.
-pub const DEFAULT_META_RETRY: Duration = Duration::from_secs(600);

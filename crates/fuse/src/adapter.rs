@@ -559,17 +559,20 @@ impl Filesystem for CairnFuse {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.spawn("readdirplus", ino.0, move |c| async move {
-            let dot = match c.getattr(ino.0).await {
-                Ok(a) => attr(&a),
-                Err(e) => return reply.error(reply_err("readdirplus", &e)),
-            };
             // "." and ".." carry no lookup count in the kernel; their attributes are the
-            // directory's own (the kernel ignores those of "..").
-            if offset < 1 && reply.add(ino, 1, ".", &TTL, &dot, Generation(0)) {
-                return reply.ok();
-            }
-            if offset < 2 && reply.add(ino, 2, "..", &TTL, &dot, Generation(0)) {
-                return reply.ok();
+            // directory's own (the kernel ignores those of ".."). Only the first batch of a
+            // listing holds them, so only it pays for the getattr.
+            if offset < 2 {
+                let dot = match c.getattr(ino.0).await {
+                    Ok(a) => attr(&a),
+                    Err(e) => return reply.error(reply_err("readdirplus", &e)),
+                };
+                if offset < 1 && reply.add(ino, 1, ".", &TTL, &dot, Generation(0)) {
+                    return reply.ok();
+                }
+                if reply.add(ino, 2, "..", &TTL, &dot, Generation(0)) {
+                    return reply.ok();
+                }
             }
             let mut cookie = offset.max(2);
             loop {

@@ -248,25 +248,25 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn write_random_file(path: &Path, seed: u64, len: u64, sync: bool) -> std::io::Result<String> {
     use std::io::Write;
     let mut f = std::fs::File::create(path)?;
-    let mut rng = Rng::new(seed);
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut left = len;
-    while left > 0 {
-        let n = left.min(buf.len() as u64) as usize;
-        rng.fill(&mut buf[..n]);
-        f.write_all(&buf[..n])?;
-        h.update(&buf[..n]);
-        left -= n as u64;
-    }
+    let hash = random_chunks(seed, len, |chunk| f.write_all(chunk))?;
     if sync {
         f.sync_all()?;
     }
-    Ok(hex(&h.finalize()))
+    Ok(hash)
 }
 
 /// The SHA-256 that [`write_random_file`] returns for (`seed`, `len`), without writing.
 pub fn random_file_hash(seed: u64, len: u64) -> String {
+    random_chunks(seed, len, |_| Ok(())).expect("hashing alone cannot fail")
+}
+
+/// Generate the bytes of (`seed`, `len`) in 1 MiB chunks, hand each to `each`, and return
+/// their SHA-256.
+fn random_chunks(
+    seed: u64,
+    len: u64,
+    mut each: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> std::io::Result<String> {
     let mut rng = Rng::new(seed);
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -274,10 +274,11 @@ pub fn random_file_hash(seed: u64, len: u64) -> String {
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         rng.fill(&mut buf[..n]);
+        each(&buf[..n])?;
         h.update(&buf[..n]);
         left -= n as u64;
     }
-    hex(&h.finalize())
+    Ok(hex(&h.finalize()))
 }
 
 #[cfg(test)]
