@@ -151,23 +151,30 @@ fn mount_reconnects_after_meta_kill9() {
     // waits for the metadata server the harness is about to start.
     let mut holder = std::process::Command::new("bash")
         .arg("-c")
-        .arg("exec 3>open-across && printf 'first half ' >&3 && sync open-across && read _ && printf 'second half' >&3 && sync open-across && exec 3>&-")
+        .arg("exec 3>open-across && printf 'first half ' >&3 && sync open-across && echo synced && read _ && printf 'second half' >&3 && sync open-across && exec 3>&-")
         .current_dir(c.path())
         .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start the file holder");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while fs::metadata(c.join("open-across"))
-        .map(|m| m.len())
-        .unwrap_or(0)
-        == 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the holder did not write its first half"
-        );
-        std::thread::sleep(Duration::from_millis(50));
+    // Wait until the holder says its first half is fsynced: killing the server before that
+    // may lose the create (this server runs without --sync), which is not what this tests.
+    let mut said = String::new();
+    let stdout = holder.stdout.take().expect("piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line);
+        let _ = tx.send(line);
+    });
+    if let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
+        said = line;
     }
+    assert_eq!(
+        said.trim(),
+        "synced",
+        "the holder did not fsync its first half"
+    );
     c.meta_mut().kill();
     c.meta_mut().restart();
     std::io::Write::write_all(holder.stdin.as_mut().expect("piped"), b"go\n")
