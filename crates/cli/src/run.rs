@@ -192,7 +192,7 @@ fn meta_backup(a: BackupArgs) -> anyhow::Result<()> {
 fn meta_verify(a: VerifyArgs) -> anyhow::Result<()> {
     init_logging(None);
     let _lock = cairn_meta::server::FolderLock::acquire(&a.data_dir)?;
-    let r = cairn_meta::backup::verify_file(&a.data_dir.join("meta.redb"))?;
+    let r = cairn_meta::backup::verify_folder(&a.data_dir)?;
     println!(
         "volume `{}`: {} inodes, {} entries, {} block map entries",
         r.volume, r.inodes, r.entries, r.blocks

@@ -11,7 +11,7 @@
 
 use crate::fs::Fs;
 use crate::keys::*;
-use crate::server::FolderLock;
+use crate::server::{FolderLock, DB_FILE, REDO_FILE};
 use crate::store::{MetaStore, ReadTxn, RedbStore, StoreError, Table};
 use anyhow::{bail, Context};
 use cairn_proto::*;
@@ -80,6 +80,24 @@ pub fn verify_txn(t: &dyn ReadTxn) -> Result<VerifyReport, StoreError> {
         }
     }
     Ok(r)
+}
+
+/// Verify the database of a stopped server's folder, after applying its redo log as a start
+/// would.
+pub fn verify_folder(data_dir: &Path) -> anyhow::Result<VerifyReport> {
+    let db = data_dir.join(DB_FILE);
+    if !db.is_file() {
+        bail!(
+            "{} holds no metadata database ({DB_FILE})",
+            data_dir.display()
+        );
+    }
+    let store = RedbStore::open_logged(&db, &data_dir.join(REDO_FILE), false)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("open {}", db.display()))?;
+    store
+        .read(|t| verify_txn(t))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Verify the database file at `path` (not in use by a server).
@@ -153,7 +171,15 @@ pub fn restore(from: &Path, data_dir: &Path) -> anyhow::Result<VerifyReport> {
             report.problems[0]
         );
     }
-    std::fs::rename(&staged, data_dir.join("meta.redb"))
+    // The old database's redo log must not be applied to the restored one: remove it (durably)
+    // before the restored database takes the old one's place.
+    let redo = data_dir.join(REDO_FILE);
+    match std::fs::remove_file(&redo) {
+        Ok(()) => fsync_dir(data_dir)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("remove {}", redo.display())),
+    }
+    std::fs::rename(&staged, data_dir.join(DB_FILE))
         .context("move the restored database in place")?;
     fsync_dir(data_dir)?;
     Ok(report)

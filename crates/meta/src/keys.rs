@@ -7,6 +7,7 @@
 //! | `Super`      | `b"volume"`                           | [`VolumeRecord`]             |
 //! | `Super`      | `b"next_ino"`, `b"next_session"`      | u64 BE                       |
 //! | `Super`      | `b"usage"`                            | [`Usage`]                    |
+//! | `Super`      | `b"redo_checkpoint"`                  | u64 BE                       |
 //! | `Inodes`     | ino u64                               | [`InodeRecord`]              |
 //! | `Dentries`   | parent u64 · name                     | [`DentryRecord`]             |
 //! | `DirCookies` | parent u64 · cookie u64               | name                         |
@@ -52,6 +53,9 @@ pub const NEXT_INO: &[u8] = b"next_ino";
 pub const NEXT_SESSION: &[u8] = b"next_session";
 /// Key of the usage counters in `Super`.
 pub const USAGE: &[u8] = b"usage";
+/// Key in `Super` of the last redo log record the database holds (u64 BE), written by each
+/// checkpoint.
+pub const REDO_CHECKPOINT: &[u8] = b"redo_checkpoint";
 
 /// The volume this store holds.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]

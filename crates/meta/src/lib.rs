@@ -1,7 +1,7 @@
 //! cairn metadata server: the namespace, attributes, xattrs and block maps of a volume.
 //!
 //! Layers, bottom up: [`store`] (the engine trait and the redb engine: transactions over typed
-//! tables), [`keys`] (every key and record, in one table), [`fs`] (POSIX semantics, once, over
+//! tables, made durable through the [`redo`] log), [`keys`] (every key and record, in one table), [`fs`] (POSIX semantics, once, over
 //! any engine) and [`server`] (sessions and the RPC listener).
 //!
 //! This crate never touches object storage: it stores block *references* that clients commit
@@ -13,6 +13,7 @@ pub mod fs;
 pub mod keys;
 pub mod locks;
 pub mod overlay;
+pub mod redo;
 pub mod server;
 pub mod store;
 

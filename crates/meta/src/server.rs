@@ -117,6 +117,11 @@ struct Job {
     reply: oneshot::Sender<Response>,
 }
 
+/// The database file in a server's data folder.
+pub const DB_FILE: &str = "meta.redb";
+/// The redo log beside it (see [`crate::redo`]).
+pub const REDO_FILE: &str = "meta.redo";
+
 /// A running metadata server.
 pub struct MetaServer {
     addr: SocketAddr,
@@ -130,12 +135,15 @@ impl MetaServer {
     /// Lock the folder, open the database and start listening.
     pub async fn start(cfg: ServeConfig) -> anyhow::Result<MetaServer> {
         let lock = FolderLock::acquire(&cfg.data_dir)?;
-        let db_path = cfg.data_dir.join("meta.redb");
-        let (store_path, sync) = (db_path.clone(), cfg.sync);
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_path, sync))
-            .await?
-            .map_err(|e| anyhow!("{e}"))
-            .with_context(|| format!("open metadata database {}", db_path.display()))?;
+        let db_path = cfg.data_dir.join(DB_FILE);
+        let (store_path, log_path, sync) =
+            (db_path.clone(), cfg.data_dir.join(REDO_FILE), cfg.sync);
+        let store = tokio::task::spawn_blocking(move || {
+            RedbStore::open_logged(&store_path, &log_path, sync)
+        })
+        .await?
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("open metadata database {}", db_path.display()))?;
         let (fs, info) =
             Fs::load(store, cfg.volume.clone()).map_err(|e| anyhow!("{}", e.message))?;
         fs.store().flush().map_err(|e| anyhow!("{e}"))?;
@@ -198,6 +206,13 @@ impl MetaServer {
         tokio::task::spawn_blocking(move || fs.store().flush())
             .await?
             .map_err(|e| anyhow!("{e}"))?;
+        // The connections and the committer let go of the database as they wind down; the
+        // folder lock is released only after, so that a server started next in this process
+        // finds the database closed.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Arc::strong_count(&self.fs) > 1 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         info!("metadata server stopped");
         Ok(())
     }
