@@ -119,6 +119,46 @@ pub struct Client {
     no_caps: StdMutex<std::collections::HashSet<Ino>>,
     /// Inodes this mount has taken locks on: only their closes need to release locks.
     locked: StdMutex<std::collections::HashSet<Ino>>,
+    /// Directory attributes from this mount's own changes, to answer the GETATTR that follows.
+    dirs: FreshDirs,
+    /// Closes not yet sent to the server, and the wake-up of their sender.
+    releases: StdMutex<Vec<Ino>>,
+    release_wake: Arc<tokio::sync::Notify>,
+}
+
+/// Attributes of directories as this mount's last change in them left them. The kernel drops its
+/// copy of a directory's attributes when an entry is added or removed, and asks again at the
+/// next permission check: this answers that from the reply to the change, for as long as the
+/// kernel itself would have kept them ([`FRESH_FOR`]).
+#[derive(Default)]
+struct FreshDirs(StdMutex<HashMap<Ino, (Attr, std::time::Instant)>>);
+
+/// How long a directory's attributes from a change are used: the attribute TTL the kernel is
+/// given, so no answer is staler than a cached one would be.
+const FRESH_FOR: Duration = Duration::from_secs(1);
+
+impl FreshDirs {
+    fn note(&self, dirs: &[Attr]) {
+        let now = std::time::Instant::now();
+        let mut m = self.0.lock().expect("dirs lock");
+        if m.len() >= 4096 {
+            m.retain(|_, (_, at)| now.duration_since(*at) < FRESH_FOR);
+        }
+        for a in dirs {
+            m.insert(a.ino, (a.clone(), now));
+        }
+    }
+
+    fn get(&self, ino: Ino) -> Option<Attr> {
+        let m = self.0.lock().expect("dirs lock");
+        m.get(&ino)
+            .filter(|(_, at)| at.elapsed() < FRESH_FOR)
+            .map(|(a, _)| a.clone())
+    }
+
+    fn forget(&self, ino: Ino) {
+        self.0.lock().expect("dirs lock").remove(&ino);
+    }
 }
 
 fn io_err(what: impl std::fmt::Display) -> RpcError {
@@ -173,7 +213,7 @@ impl Client {
             cfg.cache_bytes,
             BytesWeighter,
         ));
-        Ok(Arc::new(Client {
+        let client = Arc::new(Client {
             rpc,
             store,
             bs: u64::from(volume.block_size),
@@ -184,7 +224,12 @@ impl Client {
             max_ra: cfg.max_readahead_blocks,
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
-        }))
+            dirs: FreshDirs::default(),
+            releases: StdMutex::default(),
+            release_wake: Arc::default(),
+        });
+        tokio::spawn(Self::release_loop(Arc::downgrade(&client)));
+        Ok(client)
     }
 
     /// The volume's settings.
@@ -200,6 +245,10 @@ impl Client {
     async fn call_attr(&self, req: Request) -> Result<Attr, RpcError> {
         match self.rpc.call(req).await? {
             Reply::Attr(a) => Ok(a),
+            Reply::Entry { attr, dir } => {
+                self.dirs.note(&[dir]);
+                Ok(attr)
+            }
             r => Err(unexpected(r)),
         }
     }
@@ -207,6 +256,10 @@ impl Client {
     async fn call_empty(&self, req: Request) -> Result<(), RpcError> {
         match self.rpc.call(req).await? {
             Reply::Empty => Ok(()),
+            Reply::Dirs(dirs) => {
+                self.dirs.note(&dirs);
+                Ok(())
+            }
             r => Err(unexpected(r)),
         }
     }
@@ -243,12 +296,16 @@ impl Client {
 
     /// Attributes of `ino`.
     pub async fn getattr(&self, ino: Ino) -> Result<Attr, RpcError> {
+        if let Some(a) = self.dirs.get(ino) {
+            return Ok(a);
+        }
         let a = self.call_attr(Request::GetAttr { ino }).await?;
         Ok(self.overlay(a).await)
     }
 
     /// Change attributes. A size change first commits this mount's buffered writes.
     pub async fn setattr(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
+        self.dirs.forget(ino);
         let file = self.file(ino);
         if let Some(f) = &file {
             let mut inner = f.inner.lock().await;
@@ -503,29 +560,40 @@ impl Client {
     }
 
     async fn track_open(&self, attr: &Attr) {
-        let f = {
-            let mut files = self.files.lock().expect("files lock");
-            files
-                .entry(attr.ino)
-                .or_insert_with(|| {
-                    Arc::new(FileState {
-                        inner: Mutex::new(FileInner::default()),
+        // A close may drop the state between our finding it and locking it: then it is no longer
+        // the one in `files`, and we look again.
+        loop {
+            let f = {
+                let mut files = self.files.lock().expect("files lock");
+                files
+                    .entry(attr.ino)
+                    .or_insert_with(|| {
+                        Arc::new(FileState {
+                            inner: Mutex::new(FileInner::default()),
+                        })
                     })
-                })
-                .clone()
-        };
-        let mut inner = f.inner.lock().await;
-        if inner.opens == 0 && !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty()
-        {
-            // Close-to-open: a fresh open sees the server's current size and block map.
-            inner.size = attr.size;
-            inner.map.clear();
-            inner.map_loaded = false;
-            inner.next_seq_offset = 0;
-            inner.ra_window = 0;
-            inner.ra_issued_to = 0;
+                    .clone()
+            };
+            let mut inner = f.inner.lock().await;
+            if !self.file(attr.ino).is_some_and(|now| Arc::ptr_eq(&now, &f)) {
+                continue;
+            }
+            if inner.opens == 0
+                && !inner.changed
+                && inner.dirty.is_empty()
+                && inner.pending.is_empty()
+            {
+                // Close-to-open: a fresh open sees the server's current size and block map.
+                inner.size = attr.size;
+                inner.map.clear();
+                inner.map_loaded = false;
+                inner.next_seq_offset = 0;
+                inner.ra_window = 0;
+                inner.ra_issued_to = 0;
+            }
+            inner.opens += 1;
+            return;
         }
-        inner.opens += 1;
     }
 
     /// Open a file: the server keeps it alive while open, even if unlinked.
@@ -550,8 +618,42 @@ impl Client {
                 self.files.lock().expect("files lock").remove(&ino);
             }
         }
-        let released = self.call_empty(Request::Release { ino }).await;
-        result.and(released)
+        // The server hears of it a little later, with other closes in one commit: nothing
+        // waits on it, and until then the file only stays alive a little longer.
+        self.releases.lock().expect("releases lock").push(ino);
+        self.release_wake.notify_one();
+        result
+    }
+
+    /// Send the releases queued by closes, as they come; many in flight share one commit.
+    async fn release_loop(me: std::sync::Weak<Client>) {
+        loop {
+            let Some(c) = me.upgrade() else { return };
+            let batch = std::mem::take(&mut *c.releases.lock().expect("releases lock"));
+            if batch.is_empty() {
+                let wake = c.release_wake.clone();
+                drop(c);
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+                continue;
+            }
+            let sends = batch
+                .iter()
+                .map(|ino| c.call_empty(Request::Release { ino: *ino }));
+            for (ino, r) in batch.iter().zip(futures::future::join_all(sends).await) {
+                if let Err(e) = r {
+                    warn!(ino, "release failed: {}", e.message);
+                }
+            }
+        }
+    }
+
+    /// Send the releases still queued (before the mount goes away).
+    pub async fn flush_releases(&self) {
+        let batch = std::mem::take(&mut *self.releases.lock().expect("releases lock"));
+        let sends = batch
+            .iter()
+            .map(|ino| self.call_empty(Request::Release { ino: *ino }));
+        futures::future::join_all(sends).await;
     }
 
     /// fsync: flush, then make the metadata server's commits durable even when it runs

@@ -188,6 +188,18 @@ impl Filesystem for CairnFuse {
         Ok(())
     }
 
+    fn destroy(&mut self) {
+        // Closes the server has not heard of yet; if this fails the session's expiry frees them.
+        // Called from within the runtime's context: wait for it on a thread of its own.
+        let (c, rt) = (self.client.clone(), self.rt.clone());
+        let _ = std::thread::spawn(move || {
+            rt.block_on(async move {
+                tokio::time::timeout(Duration::from_secs(5), c.flush_releases()).await
+            })
+        })
+        .join();
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
         self.spawn("lookup", parent.0, move |c| async move {

@@ -26,7 +26,7 @@
 use crate::fs::Fs;
 use crate::keys::{dec, enc, kk};
 use crate::overlay::Overlay;
-use crate::store::{MetaStore, RedbStore, StoreError, Table, WriteTxn};
+use crate::store::{MetaStore, ReadTxn, RedbStore, StoreError, Table, WriteTxn};
 use anyhow::{anyhow, bail, Context};
 use cairn_proto::frame;
 use cairn_proto::*;
@@ -671,6 +671,31 @@ pub fn read<S: MetaStore>(fs: &Fs<S>, session: u64, req: Request) -> Response {
     })
 }
 
+/// The answer to a new entry: its attributes and its directory's, which changed with it (the
+/// kernel asks for them next, to check permissions; the client answers from this).
+fn entry<S: MetaStore>(
+    fs: &Fs<S>,
+    t: &dyn ReadTxn,
+    attr: Attr,
+    dir: Ino,
+) -> Result<Reply, RpcError> {
+    Ok(Reply::Entry {
+        attr,
+        dir: fs.getattr_in(t, dir)?,
+    })
+}
+
+/// The answer to a removal or rename: the attributes of the directories it changed.
+fn dirs<S: MetaStore>(fs: &Fs<S>, t: &dyn ReadTxn, inos: &[Ino]) -> Result<Reply, RpcError> {
+    let mut out = Vec::with_capacity(inos.len());
+    for ino in inos {
+        if out.iter().all(|a: &Attr| a.ino != *ino) {
+            out.push(fs.getattr_in(t, *ino)?);
+        }
+    }
+    Ok(Reply::Dirs(out))
+}
+
 /// Apply a mutation for `session` within the transaction `t`.
 pub fn apply_in<S: MetaStore>(
     fs: &Fs<S>,
@@ -692,22 +717,28 @@ pub fn apply_in<S: MetaStore>(
             rdev,
             caller,
             open,
-        } => Reply::Attr(fs.mknod_in(
-            t, *parent, name, *kind, *perm, *rdev, caller, session, *open,
-        )?),
+        } => {
+            let attr = fs.mknod_in(
+                t, *parent, name, *kind, *perm, *rdev, caller, session, *open,
+            )?;
+            entry(fs, t, attr, *parent)?
+        }
         Request::Mkdir {
             parent,
             name,
             perm,
             caller,
-        } => Reply::Attr(fs.mkdir_in(t, *parent, name, *perm, caller)?),
+        } => {
+            let attr = fs.mkdir_in(t, *parent, name, *perm, caller)?;
+            entry(fs, t, attr, *parent)?
+        }
         Request::Unlink {
             parent,
             name,
             caller: _,
         } => {
             fs.unlink_in(t, *parent, name)?;
-            Reply::Empty
+            dirs(fs, t, &[*parent])?
         }
         Request::Rmdir {
             parent,
@@ -715,7 +746,7 @@ pub fn apply_in<S: MetaStore>(
             caller: _,
         } => {
             fs.rmdir_in(t, *parent, name)?;
-            Reply::Empty
+            dirs(fs, t, &[*parent])?
         }
         Request::Rename {
             parent,
@@ -726,20 +757,26 @@ pub fn apply_in<S: MetaStore>(
             caller: _,
         } => {
             fs.rename_in(t, *parent, name, *new_parent, new_name, *flags)?;
-            Reply::Empty
+            dirs(fs, t, &[*parent, *new_parent])?
         }
         Request::Link {
             ino,
             new_parent,
             new_name,
             caller: _,
-        } => Reply::Attr(fs.link_in(t, *ino, *new_parent, new_name)?),
+        } => {
+            let attr = fs.link_in(t, *ino, *new_parent, new_name)?;
+            entry(fs, t, attr, *new_parent)?
+        }
         Request::Symlink {
             parent,
             name,
             target,
             caller,
-        } => Reply::Attr(fs.symlink_in(t, *parent, name, target, caller)?),
+        } => {
+            let attr = fs.symlink_in(t, *parent, name, target, caller)?;
+            entry(fs, t, attr, *parent)?
+        }
         Request::SetXattr {
             ino,
             name,

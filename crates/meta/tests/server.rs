@@ -101,14 +101,16 @@ async fn a_retried_mutation_is_applied_once_even_across_a_restart() {
         flags: 0,
         caller: Caller::default(),
     };
-    assert_eq!(c.send(2, rename.clone()).await, Ok(Reply::Empty));
+    let renamed = c.send(2, rename.clone()).await;
+    assert!(matches!(renamed, Ok(Reply::Dirs(_))), "{renamed:?}");
     let session = c.session;
     drop(c);
     server.stop().await.unwrap();
     let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
     let mut c = Raw::connect(server.local_addr(), Some(session)).await;
     assert_eq!(c.session, session, "the session survives a restart");
-    assert_eq!(c.send(2, rename).await, Ok(Reply::Empty));
+    // The stored answer, not NotFound: the same directory attributes as the first time.
+    assert_eq!(c.send(2, rename).await, renamed);
     // A new sequence number is a new request.
     assert_eq!(
         c.send(3, mknod("b")).await.unwrap_err().code,
@@ -159,7 +161,7 @@ async fn an_expired_session_releases_its_locks() {
     let server = MetaServer::start(config(dir.path(), false)).await.unwrap();
     let addr = server.local_addr();
     let mut a = Raw::connect(addr, None).await;
-    let Ok(Reply::Attr(f)) = a.send(1, mknod("f")).await else {
+    let Ok(Reply::Entry { attr: f, .. }) = a.send(1, mknod("f")).await else {
         panic!()
     };
     let write = LockSpec {

@@ -514,6 +514,11 @@ pub enum Reply {
     },
     /// Attributes of the inode a request found, changed or created.
     Attr(Attr),
+    /// A new directory entry (create, mkdir, symlink, link): the inode's attributes and those
+    /// of the directory it is in, changed by it.
+    Entry { attr: Attr, dir: Attr },
+    /// A removal or rename: the attributes of the directories it changed.
+    Dirs(Vec<Attr>),
     /// Nothing to return.
     Empty,
     /// Bytes: symlink target or xattr value.
