@@ -143,9 +143,9 @@ impl Agent {
         assert_eq!(r, "ok", "{}: {cmd}", self.name);
     }
 
-    /// SIGKILL (its open files are closed by the kernel), and reap it. A process killed while
-    /// waiting for a lock stays in state D until it gets it (docs/semantics.md, Locks), so after
-    /// 5 s it is left to a thread to reap, rather than hang the test.
+    /// SIGKILL (its open files are closed by the kernel), and reap it; after 5 s it is left to a
+    /// thread to reap rather than hang the test (a wait for a lock ends within 100 ms of a
+    /// signal, see `a_blocked_wait_ends_on_sigkill_and_deadlocks_are_refused`).
     fn kill(&mut self) {
         let Some(mut child) = self.child.take() else {
             return;
@@ -502,4 +502,56 @@ fn locks_survive_a_meta_server_kill9() {
         "B's F_SETLKW once A unlocked"
     );
     assert_conflict(&a.ask("setlk r 5 1"), "B holds [0, 10)");
+}
+
+/// A process blocked in F_SETLKW ends promptly when it gets SIGKILL (it used to stay in state D
+/// until the lock was free), and a wait that would close a cycle across two mounts fails with
+/// EDEADLK instead of hanging both.
+#[test]
+fn a_blocked_wait_ends_on_sigkill_and_deadlocks_are_refused() {
+    let Some(c) = s3_cluster() else { return };
+    let second = c.new_mount();
+    let (pa, pb) = (c.join("f"), second.join("f"));
+    let mut holder = Agent::open("holder", &pa);
+    holder.expect_ok("setlk w 0 100");
+    let mut waiter = Agent::open("waiter", &pb);
+    waiter.send("setlkw w 0 100");
+    assert!(
+        waiter.answer_within(Duration::from_millis(500)).is_none(),
+        "the waiter should block while the holder holds the lock"
+    );
+    let mut child = waiter.child.take().expect("waiter process");
+    let killed = Instant::now();
+    child.kill().expect("SIGKILL the waiter");
+    let ended = wait_until(Duration::from_secs(5), || {
+        !matches!(child.try_wait(), Ok(None))
+    });
+    assert!(
+        ended,
+        "a process waiting for a lock is still alive 5 s after SIGKILL"
+    );
+    println!("the killed waiter ended after {:?}", killed.elapsed());
+
+    // A deadlock: the holder (mount 1) holds 0-99 and waits for 200-299, which a second agent
+    // (mount 2) holds while it waits for 0-99.
+    let mut other = Agent::open("other", &pb);
+    other.expect_ok("setlk w 200 100");
+    holder.send("setlkw w 200 100");
+    let early = holder.answer_within(Duration::from_millis(500));
+    assert!(
+        early.is_none(),
+        "the holder's wait ended at once: {early:?}"
+    );
+    let answer = other.ask("setlkw w 0 100");
+    // Python names errno 35 EDEADLOCK (the same value as EDEADLK on Linux).
+    assert!(
+        answer == "err EDEADLK" || answer == "err EDEADLOCK",
+        "the wait closing the cycle: {answer}"
+    );
+    // The other side goes on once the cycle is broken.
+    other.expect_ok("setlk u 200 100");
+    let got = holder
+        .answer_within(Duration::from_secs(5))
+        .expect("the holder's wait ends once the lock is free");
+    assert_eq!(got, "ok");
 }

@@ -47,6 +47,8 @@ pub fn errno(code: ErrorCode) -> Errno {
         // The metadata server stayed unreachable past the client's patience.
         ErrorCode::Unavailable => Errno::EIO,
         ErrorCode::WouldBlock => Errno::EAGAIN,
+        ErrorCode::Deadlock => Errno::EDEADLK,
+        ErrorCode::Interrupted => Errno::EINTR,
     }
 }
 
@@ -158,6 +160,26 @@ fn lock_spec(owner: LockOwner, start: u64, end: u64, typ: i32, pid: u32) -> Opti
         typ,
         pid,
     })
+}
+
+/// Whether thread `tid` has a signal pending that it neither blocks nor ignores. The kernel
+/// cannot interrupt a FUSE request once we have it (fuser answers FUSE_INTERRUPT with ENOSYS), and
+/// waits even a SIGKILL out; so a lock wait looks for itself, and gives up with EINTR, as a local
+/// F_SETLKW would.
+fn signal_pending(tid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{tid}/status")) else {
+        // Gone: nobody waits any more.
+        return true;
+    };
+    let mask = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .unwrap_or(0)
+    };
+    let pending = mask("SigPnd:") | mask("ShdPnd:");
+    pending & !mask("SigBlk:") & !mask("SigIgn:") != 0
 }
 
 fn kernel_end(end: u64) -> u64 {
@@ -742,7 +764,7 @@ impl Filesystem for CairnFuse {
 
     fn setlk(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         owner: LockOwner,
@@ -756,8 +778,12 @@ impl Filesystem for CairnFuse {
         let Some(lock) = lock_spec(owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
+        let waiter = req.pid();
         self.spawn("setlk", ino.0, move |c| async move {
-            match c.set_lock(ino.0, lock, sleep).await {
+            match c
+                .set_lock(ino.0, lock, sleep, || signal_pending(waiter))
+                .await
+            {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("setlk", &e)),
             }

@@ -35,6 +35,7 @@ pub const READDIR_MAX: u32 = 4096;
 pub struct Fs<S> {
     store: S,
     block_size: u64,
+    lock_waits: crate::locks::LockWaits,
 }
 
 fn get_inode(t: &dyn ReadTxn, ino: Ino) -> FsResult<InodeRecord> {
@@ -283,6 +284,7 @@ impl<S: MetaStore> Fs<S> {
             Fs {
                 store,
                 block_size: u64::from(info.block_size),
+                lock_waits: Default::default(),
             },
             info,
         ))
@@ -291,6 +293,10 @@ impl<S: MetaStore> Fs<S> {
     /// The underlying store (for flush and backup).
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    pub(crate) fn lock_waits(&self) -> &crate::locks::LockWaits {
+        &self.lock_waits
     }
 
     /// Open a new client session.

@@ -10,12 +10,17 @@
 //!    the same rules; they share one space with fcntl locks (as on NFS).
 //!
 //! Locks are stored, so they survive a metadata server restart; they are released when their
-//! session ends or expires (see `server`). A waiting lock (F_SETLKW) is the client polling.
+//! session ends or expires (see `server`). A waiting lock (F_SETLKW) is the client polling; the
+//! server remembers, in memory, whom each polling owner waits for, and refuses with EDEADLK a wait
+//! that would close a cycle (as the kernel does for local POSIX locks).
 
 use crate::fs::{Fs, FsResult};
 use crate::keys::*;
 use crate::store::{MetaStore, ReadTxn, StoreError, Table, WriteTxn};
 use cairn_proto::*;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 struct Held {
     key: Vec<u8>,
@@ -58,45 +63,93 @@ fn overlaps(a_start: u64, a_end: u64, b_start: u64, b_end: u64) -> bool {
 }
 
 fn conflict(held: &[Held], session: u64, lock: &LockSpec) -> Option<LockSpec> {
+    blocker(held, session, lock).map(|h| LockSpec {
+        owner: h.owner,
+        start: h.start,
+        end: h.rec.end,
+        typ: if h.rec.write {
+            LockType::Write
+        } else {
+            LockType::Read
+        },
+        pid: h.rec.pid,
+    })
+}
+
+/// The held lock that blocks `lock`, if any.
+fn blocker<'a>(held: &'a [Held], session: u64, lock: &LockSpec) -> Option<&'a Held> {
     if lock.typ == LockType::Unlock {
         return None;
     }
-    held.iter()
-        .find(|h| {
-            (h.session, h.owner) != (session, lock.owner)
-                && overlaps(h.start, h.rec.end, lock.start, lock.end)
-                && (h.rec.write || lock.typ == LockType::Write)
-        })
-        .map(|h| LockSpec {
-            owner: h.owner,
-            start: h.start,
-            end: h.rec.end,
-            typ: if h.rec.write {
-                LockType::Write
-            } else {
-                LockType::Read
-            },
-            pid: h.rec.pid,
-        })
+    held.iter().find(|h| {
+        (h.session, h.owner) != (session, lock.owner)
+            && overlaps(h.start, h.rec.end, lock.start, lock.end)
+            && (h.rec.write || lock.typ == LockType::Write)
+    })
+}
+
+/// A lock owner: (session, owner id).
+type Owner = (u64, u64);
+
+/// Whom each waiting owner waits for, as of its last poll. An entry not renewed for this long
+/// is forgotten (its owner stopped waiting); clients poll at least every 100 ms.
+const WAIT_FORGOTTEN: Duration = Duration::from_secs(1);
+
+/// Lock waits, in memory: lost with a restart, rebuilt by the next polls.
+#[derive(Default)]
+pub struct LockWaits(Mutex<HashMap<Owner, (Owner, Instant)>>);
+
+impl LockWaits {
+    /// Record that `me` waits for `holder`, unless `holder` waits (through others) for `me`.
+    fn wait_for(&self, me: Owner, holder: Owner) -> Result<(), ErrorCode> {
+        let mut w = self.0.lock().expect("lock waits");
+        let now = Instant::now();
+        w.retain(|_, (_, at)| now.duration_since(*at) < WAIT_FORGOTTEN);
+        let mut cur = holder;
+        for _ in 0..=w.len() {
+            if cur == me {
+                return Err(ErrorCode::Deadlock);
+            }
+            match w.get(&cur) {
+                Some((next, _)) => cur = *next,
+                None => break,
+            }
+        }
+        w.insert(me, (holder, now));
+        Ok(())
+    }
+
+    fn done(&self, me: Owner) {
+        self.0.lock().expect("lock waits").remove(&me);
+    }
 }
 
 impl<S: MetaStore> Fs<S> {
-    /// Set or release a lock for (session, `lock.owner`) without waiting.
+    /// Set or release a lock for (session, `lock.owner`) without waiting. With `wait`, the caller
+    /// polls again if the lock is taken: a wait that would deadlock fails with `Deadlock`.
     pub fn set_lock_in(
         &self,
         t: &mut dyn WriteTxn,
         ino: Ino,
         session: u64,
         lock: &LockSpec,
+        wait: bool,
     ) -> FsResult<()> {
         if lock.start > lock.end {
             return Err(ErrorCode::Invalid.into());
         }
         self.getattr_in(t, ino)?;
         let held = locks_of(t, ino)?;
-        if conflict(&held, session, lock).is_some() {
+        let me = (session, lock.owner);
+        if let Some(h) = blocker(&held, session, lock) {
+            if wait {
+                self.lock_waits().wait_for(me, (h.session, h.owner))?;
+            }
             return Err(ErrorCode::WouldBlock.into());
         }
+        // Granted: whatever this owner waited for before (a wait it gave up, or one of a process
+        // that ended and whose owner id is reused) is over.
+        self.lock_waits().done(me);
         for h in held
             .iter()
             .filter(|h| (h.session, h.owner) == (session, lock.owner))

@@ -176,7 +176,8 @@ async fn an_expired_session_releases_its_locks() {
             2,
             Request::SetLock {
                 ino: f.ino,
-                lock: write
+                lock: write,
+                wait: false,
             }
         )
         .await,
@@ -189,6 +190,7 @@ async fn an_expired_session_releases_its_locks() {
             Request::SetLock {
                 ino: f.ino,
                 lock: write,
+                wait: false,
             },
         )
         .await
@@ -206,6 +208,7 @@ async fn an_expired_session_releases_its_locks() {
                 Request::SetLock {
                     ino: f.ino,
                     lock: write,
+                    wait: true,
                 },
             )
             .await
@@ -230,5 +233,58 @@ async fn a_second_server_on_the_same_folder_is_refused() {
         .unwrap();
     let msg = format!("{err:#}");
     assert!(msg.contains("in use by another metadata server"), "{msg}");
+    server.stop().await.unwrap();
+}
+
+/// Two owners each holding a lock the other waits for: the second wait is refused with
+/// Deadlock (EDEADLK) instead of both waiting forever; a wait with no cycle is not.
+#[tokio::test]
+async fn a_lock_wait_that_closes_a_cycle_is_a_deadlock() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), false)).await.unwrap();
+    let addr = server.local_addr();
+    let mut a = Raw::connect(addr, None).await;
+    let mut b = Raw::connect(addr, None).await;
+    let ino = |r: Response| match r {
+        Ok(Reply::Entry { attr, .. }) => attr.ino,
+        other => panic!("{other:?}"),
+    };
+    let f = ino(a.send(1, mknod("f")).await);
+    let g = ino(a.send(2, mknod("g")).await);
+    let lock = |owner| LockSpec {
+        owner,
+        start: 0,
+        end: u64::MAX,
+        typ: LockType::Write,
+        pid: 1,
+    };
+    let set = |ino, owner, wait| Request::SetLock {
+        ino,
+        lock: lock(owner),
+        wait,
+    };
+    assert_eq!(a.send(3, set(f, 7, false)).await, Ok(Reply::Empty));
+    assert_eq!(b.send(1, set(g, 8, false)).await, Ok(Reply::Empty));
+    // a waits for g (held by b): an ordinary wait.
+    assert_eq!(
+        a.send(4, set(g, 7, true)).await.unwrap_err().code,
+        ErrorCode::WouldBlock
+    );
+    // b now waiting for f (held by a, who waits for b) would never end.
+    assert_eq!(
+        b.send(2, set(f, 8, true)).await.unwrap_err().code,
+        ErrorCode::Deadlock
+    );
+    // Once a stops waiting (its poll is forgotten), b's wait is an ordinary one again. Both
+    // sessions stay alive meanwhile.
+    for _ in 0..12 {
+        assert_eq!(a.send(0, Request::Heartbeat).await, Ok(Reply::Empty));
+        assert_eq!(b.send(0, Request::Heartbeat).await, Ok(Reply::Empty));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        b.send(3, set(f, 8, true)).await.unwrap_err().code,
+        ErrorCode::WouldBlock
+    );
     server.stop().await.unwrap();
 }

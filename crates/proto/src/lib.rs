@@ -395,7 +395,13 @@ pub enum Request {
     Heartbeat,
     /// Take, change or drop a lock without waiting (`WouldBlock` if another owner holds a
     /// conflicting one; the client polls for F_SETLKW).
-    SetLock { ino: Ino, lock: LockSpec },
+    SetLock {
+        ino: Ino,
+        lock: LockSpec,
+        /// The caller will wait (F_SETLKW) if the lock is taken: the server records whom it
+        /// waits for, to detect deadlocks.
+        wait: bool,
+    },
     /// The first lock of another owner that conflicts with `lock`, if any (F_GETLK).
     GetLock { ino: Ino, lock: LockSpec },
     /// Write a consistent copy of the database to `to` on the server's host (online backup).
@@ -586,6 +592,10 @@ pub enum ErrorCode {
     Unavailable,
     /// A conflicting lock is held (EAGAIN).
     WouldBlock,
+    /// Waiting for this lock would close a cycle of waiting owners (EDEADLK).
+    Deadlock,
+    /// The caller was interrupted by a signal while it waited (EINTR).
+    Interrupted,
 }
 
 /// A failed request: stable code plus a human message.
