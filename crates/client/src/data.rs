@@ -20,7 +20,7 @@ use cairn_proto::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, warn};
 
@@ -39,6 +39,13 @@ pub struct ClientConfig {
     pub max_readahead_blocks: u64,
     /// Key of an encrypted volume (never sent anywhere).
     pub encryption_key: Option<[u8; 32]>,
+    /// Bytes of written blocks held in memory until they are committed, mount-wide: a writer
+    /// that would go over first commits its own file's blocks, and the other files' are
+    /// committed in the background.
+    pub write_buffer_bytes: u64,
+    /// Most block reads in flight at once, mount-wide (each holds a block's encoded and decoded
+    /// bytes).
+    pub max_fetches: usize,
 }
 
 impl ClientConfig {
@@ -51,6 +58,8 @@ impl ClientConfig {
             max_uploads: 16,
             max_readahead_blocks: 8,
             encryption_key: None,
+            write_buffer_bytes: 256 << 20,
+            max_fetches: 16,
         }
     }
 }
@@ -68,11 +77,22 @@ struct Pending {
     data: Bytes,
     task: Option<JoinHandle<UploadResult>>,
     done: Option<BlockRef>,
+    _budget: OwnedSemaphorePermit,
+}
+
+/// A block being written: its bytes, and its share of the mount's write budget, given back
+/// when the block is committed (or dropped).
+struct Buf {
+    data: Vec<u8>,
+    budget: OwnedSemaphorePermit,
 }
 
 #[derive(Default)]
 struct FileInner {
-    dirty: BTreeMap<u64, Vec<u8>>,
+    dirty: BTreeMap<u64, Buf>,
+    /// When `dirty` last went from empty to not: the background flusher commits blocks left
+    /// dirty for long.
+    dirty_since: Option<std::time::Instant>,
     pending: BTreeMap<u64, Pending>,
     /// Size as this mount sees it (server size at open, grown by local writes).
     size: u64,
@@ -114,6 +134,11 @@ pub struct Client {
     cache: Arc<BlockCache>,
     files: StdMutex<HashMap<Ino, Arc<FileState>>>,
     uploads: Arc<Semaphore>,
+    /// The write budget, in blocks (see [`ClientConfig::write_buffer_bytes`]).
+    buffers: Arc<Semaphore>,
+    buffer_blocks: usize,
+    flusher_wake: Arc<Notify>,
+    fetches: Semaphore,
     max_ra: u64,
     /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
     no_caps: StdMutex<std::collections::HashSet<Ino>>,
@@ -132,6 +157,10 @@ pub struct Client {
 /// kernel itself would have kept them ([`FRESH_FOR`]).
 #[derive(Default)]
 struct FreshDirs(StdMutex<HashMap<Ino, (Attr, std::time::Instant)>>);
+
+/// Blocks left dirty this long are committed in the background, as the kernel writes back
+/// dirty pages.
+const DIRTY_FOR: Duration = Duration::from_secs(5);
 
 /// How long a directory's attributes from a change are used: the attribute TTL the kernel is
 /// given, so no answer is staler than a cached one would be.
@@ -213,6 +242,7 @@ impl Client {
             cfg.cache_bytes,
             BytesWeighter,
         ));
+        let buffer_blocks = (cfg.write_buffer_bytes / u64::from(volume.block_size)).max(4) as usize;
         let client = Arc::new(Client {
             rpc,
             store,
@@ -221,6 +251,10 @@ impl Client {
             cache,
             files: StdMutex::default(),
             uploads: Arc::new(Semaphore::new(cfg.max_uploads.max(1))),
+            buffers: Arc::new(Semaphore::new(buffer_blocks)),
+            buffer_blocks,
+            flusher_wake: Arc::default(),
+            fetches: Semaphore::new(cfg.max_fetches.max(1)),
             max_ra: cfg.max_readahead_blocks,
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
@@ -229,6 +263,7 @@ impl Client {
             release_wake: Arc::default(),
         });
         tokio::spawn(Self::release_loop(Arc::downgrade(&client)));
+        tokio::spawn(Self::flush_loop(Arc::downgrade(&client)));
         Ok(client)
     }
 
@@ -677,15 +712,28 @@ impl Client {
         Ok(())
     }
 
-    /// Take, change or drop a lock. With `wait`, polls until the lock is free (F_SETLKW).
-    pub async fn set_lock(&self, ino: Ino, lock: LockSpec, wait: bool) -> Result<(), RpcError> {
+    /// Take, change or drop a lock. With `wait`, polls until the lock is free (F_SETLKW), the
+    /// server finds a deadlock, or `interrupted` says the caller got a signal.
+    pub async fn set_lock(
+        &self,
+        ino: Ino,
+        lock: LockSpec,
+        wait: bool,
+        interrupted: impl Fn() -> bool,
+    ) -> Result<(), RpcError> {
         if lock.typ != LockType::Unlock {
             self.locked.lock().expect("locked lock").insert(ino);
         }
         let mut backoff = Duration::from_millis(5);
         loop {
-            match self.call_empty(Request::SetLock { ino, lock }).await {
+            match self.call_empty(Request::SetLock { ino, lock, wait }).await {
                 Err(e) if wait && e.code == ErrorCode::WouldBlock => {
+                    if interrupted() {
+                        return Err(RpcError::new(
+                            ErrorCode::Interrupted,
+                            "interrupted while waiting for a lock",
+                        ));
+                    }
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_millis(100));
                 }
@@ -715,7 +763,12 @@ impl Client {
             typ: LockType::Unlock,
             pid: 0,
         };
-        self.call_empty(Request::SetLock { ino, lock: all }).await
+        self.call_empty(Request::SetLock {
+            ino,
+            lock: all,
+            wait: false,
+        })
+        .await
     }
 
     fn key(&self, ino: Ino, index: u64, version: u64) -> BlockKey {
@@ -727,8 +780,8 @@ impl Client {
     }
 
     /// Start uploading block `index` with `data` in the background.
-    async fn start_upload(&self, ino: Ino, inner: &mut FileInner, index: u64, data: Vec<u8>) {
-        let data = Bytes::from(data);
+    async fn start_upload(&self, ino: Ino, inner: &mut FileInner, index: u64, buf: Buf) {
+        let data = Bytes::from(buf.data);
         let permit = self
             .uploads
             .clone()
@@ -758,6 +811,7 @@ impl Client {
                 data,
                 task: Some(task),
                 done: None,
+                _budget: buf.budget,
             },
         ) {
             // A newer version replaces one never committed: its object is garbage now.
@@ -836,7 +890,10 @@ impl Client {
                 .collect();
             for i in failed {
                 if let Some(p) = inner.pending.remove(&i) {
-                    inner.dirty.entry(i).or_insert_with(|| p.data.to_vec());
+                    inner.dirty.entry(i).or_insert_with(|| Buf {
+                        data: p.data.to_vec(),
+                        budget: p._budget,
+                    });
                 }
             }
             return Err(e);
@@ -878,8 +935,9 @@ impl Client {
             return Ok(());
         }
         let dirty = std::mem::take(&mut inner.dirty);
-        for (index, data) in dirty {
-            self.start_upload(ino, inner, index, data).await;
+        inner.dirty_since = None;
+        for (index, buf) in dirty {
+            self.start_upload(ino, inner, index, buf).await;
         }
         self.commit_pending(ino, inner, true).await?;
         inner.changed = false;
@@ -932,6 +990,7 @@ impl Client {
             Ok(b) => return Ok(b),
             Err(g) => g,
         };
+        let permit = self.fetches.acquire().await.expect("never closed");
         let data = self
             .store
             .get(&self.key(ino, r.index, r.version))
@@ -945,6 +1004,7 @@ impl Client {
                 );
                 io_err(format!("read block {} of inode {ino}: {e}", r.index))
             })?;
+        drop(permit);
         let _ = guard.insert(data.clone());
         Ok(data)
     }
@@ -952,7 +1012,7 @@ impl Client {
     /// Bytes of block `index` as the file has them, from `inner`'s buffers, or a ref to fetch.
     fn local_block(inner: &FileInner, index: u64) -> Option<Bytes> {
         if let Some(d) = inner.dirty.get(&index) {
-            return Some(Bytes::copy_from_slice(d));
+            return Some(Bytes::copy_from_slice(&d.data));
         }
         inner.pending.get(&index).map(|p| p.data.clone())
     }
@@ -1090,10 +1150,14 @@ impl Client {
             let in_off = (pos - bstart) as usize;
             let n = ((bstart + bs).min(end) - pos) as usize;
             if !inner.dirty.contains_key(&index) {
-                let base = self.block_base(ino, &mut inner, index, in_off, n).await?;
-                inner.dirty.insert(index, base);
+                let budget = self.buffer_permit(ino, &mut inner).await?;
+                let data = self.block_base(ino, &mut inner, index, in_off, n).await?;
+                if inner.dirty.is_empty() {
+                    inner.dirty_since = Some(std::time::Instant::now());
+                }
+                inner.dirty.insert(index, Buf { data, budget });
             }
-            let buf = inner.dirty.get_mut(&index).expect("inserted above");
+            let buf = &mut inner.dirty.get_mut(&index).expect("inserted above").data;
             if buf.len() < in_off + n {
                 buf.resize(in_off + n, 0);
             }
@@ -1114,6 +1178,62 @@ impl Client {
             self.commit_pending(ino, &mut inner, false).await?;
         }
         Ok(data.len() as u32)
+    }
+
+    /// A block's share of the write budget. When it is spent, this file's blocks are committed
+    /// first (which gives its shares back) and the flusher is woken for the other files'.
+    async fn buffer_permit(
+        &self,
+        ino: Ino,
+        inner: &mut FileInner,
+    ) -> Result<OwnedSemaphorePermit, RpcError> {
+        if let Ok(p) = self.buffers.clone().try_acquire_owned() {
+            if self.buffers.available_permits() < self.buffer_blocks / 4 {
+                self.flusher_wake.notify_one();
+            }
+            return Ok(p);
+        }
+        self.flusher_wake.notify_one();
+        self.flush_locked(ino, inner).await?;
+        Ok(self
+            .buffers
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed"))
+    }
+
+    /// Commit, in the background, the blocks of files left dirty for [`DIRTY_FOR`], and of every
+    /// idle file when the write budget runs low.
+    async fn flush_loop(me: std::sync::Weak<Client>) {
+        loop {
+            let Some(c) = me.upgrade() else { return };
+            let wake = c.flusher_wake.clone();
+            let low = c.buffers.available_permits() < c.buffer_blocks / 4;
+            let files: Vec<(Ino, Arc<FileState>)> = c
+                .files
+                .lock()
+                .expect("files lock")
+                .iter()
+                .map(|(i, f)| (*i, f.clone()))
+                .collect();
+            for (ino, f) in files {
+                // A file being written manages its own share.
+                let Ok(mut inner) = f.inner.try_lock() else {
+                    continue;
+                };
+                let old = inner.dirty_since.is_some_and(|t| t.elapsed() >= DIRTY_FOR);
+                let holds = !inner.dirty.is_empty() || !inner.pending.is_empty();
+                if holds && (low || old) {
+                    if let Err(e) = c.flush_locked(ino, &mut inner).await {
+                        // Reported to the writer at its next write, flush or close.
+                        inner.error.get_or_insert(e);
+                    }
+                }
+            }
+            drop(c);
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+        }
     }
 
     /// The current bytes of block `index` before a write of `n` bytes at `in_off` changes it:
