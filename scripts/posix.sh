@@ -4,7 +4,8 @@
 # Starts SeaweedFS (weed mini) + `cairn meta serve` + `cairn mount start --foreground`, then
 #   1. pjdfstest on a plain ext4 folder (control) and on the mount, compared against
 #      tests/pjdfstest-exclude.txt (known failures, one reason each; the list may only get shorter);
-#   2. fsx -N $FSX_OPS on a file on the mount.
+#   2. fsx -N $FSX_OPS on a file on the mount, and at the same time on a second mount of the volume
+#      with the disk cache in writeback mode (blocks of 256 KiB, files up to 1 MiB).
 # Everything it starts is stopped by PID and unmounted on exit, whatever happens.
 #
 # Exit status: non-zero if the mount crashes or hangs (pjdfstest or fsx hit their time limit, the
@@ -12,7 +13,7 @@
 # could not be set up. pjdfstest failures are reported but only fail the run with POSIX_STRICT=1
 # (then: any failure not in the exclude list, or an excluded test that now passes).
 #
-# Environment: CAIRN_BIN (default target/debug/cairn), PJD_TIMEOUT (900 s), FSX_OPS (10000),
+# Environment: CAIRN_BIN (default target/debug/cairn), PJD_TIMEOUT (900 s), FSX_OPS (100000),
 # FSX_TIMEOUT (900 s), POSIX_STRICT (0), POSIX_KEEP=1 keeps the work folder,
 # POSIX_RESULTS (default target/posix): where the outputs are copied.
 set -uo pipefail
@@ -20,7 +21,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CAIRN_BIN=${CAIRN_BIN:-$ROOT/target/debug/cairn}
 PJD_TIMEOUT=${PJD_TIMEOUT:-900}
-FSX_OPS=${FSX_OPS:-10000}
+FSX_OPS=${FSX_OPS:-100000}
 FSX_TIMEOUT=${FSX_TIMEOUT:-900}
 STRICT=${POSIX_STRICT:-0}
 EXCLUDE=$ROOT/tests/pjdfstest-exclude.txt
@@ -84,14 +85,16 @@ stop_pid() { # stop_pid PID: SIGTERM, 15 s, SIGKILL
 
 cleanup() {
     set +e
-    if mountpoint -q "$MNT"; then
-        timeout 60 "$CAIRN_BIN" mount stop "$MNT" >>"$WORK/mount-stop.log" 2>&1
-    fi
-    local i
+    local m i
+    for m in "$MNT" "${MNT_WB:-}"; do
+        [[ -n $m ]] && mountpoint -q "$m" && timeout 60 "$CAIRN_BIN" mount stop "$m" >>"$WORK/mount-stop.log" 2>&1
+    done
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
         stop_pid "${PIDS[i]}"
     done
-    mountpoint -q "$MNT" && umount -l "$MNT"
+    for m in "$MNT" "${MNT_WB:-}"; do
+        [[ -n $m ]] && mountpoint -q "$m" && umount -l "$m"
+    done
     for p in "${PORTS[@]}"; do rm -f /tmp/seaweedfs-*-"$p".sock; done
     cp -f "$WORK"/*.log "$WORK"/*.txt "$RESULTS"/ 2>/dev/null
     if [[ ${POSIX_KEEP:-0} == 1 ]]; then
@@ -152,7 +155,10 @@ log "SeaweedFS up (S3 on 127.0.0.1:$S3_PORT, bucket $BUCKET)"
 # --- metadata server ----------------------------------------------------------------------------
 META_PORT=$(free_ports 1)
 PORTS+=("$META_PORT")
+# Small blocks (256 KiB, the smallest a volume allows) so that fsx's files (up to 1 MiB) cross
+# block boundaries all the time.
 "$CAIRN_BIN" meta serve --bind-addr "127.0.0.1:$META_PORT" --data-dir "$WORK/meta" --volume "$VOLUME" \
+    --block-size 262144 \
     >"$WORK/meta.log" 2>&1 </dev/null &
 META_PID=$!
 PIDS+=("$META_PID")
@@ -174,6 +180,24 @@ done
 mountpoint -q "$MNT" || fail_setup "no mount at $MNT after 30 s"
 timeout 30 stat "$MNT" >/dev/null || fail_setup "the mount does not answer"
 log "mounted at $MNT"
+
+# A second mount of the volume with the disk cache in writeback mode, for a second fsx run.
+MNT_WB=$WORK/mnt-wb
+mkdir -p "$MNT_WB"
+env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET \
+    "$CAIRN_BIN" mount start "$VOLUME" "$MNT_WB" --meta "127.0.0.1:$META_PORT" --store "s3://$BUCKET" \
+    --s3-endpoint "http://127.0.0.1:$S3_PORT" --s3-region us-east-1 --foreground \
+    --cache-dir "$WORK/cache-wb" --writeback \
+    >"$WORK/mount-wb.log" 2>&1 </dev/null &
+MOUNT_WB_PID=$!
+PIDS+=("$MOUNT_WB_PID")
+for ((i = 0; i < 300; i++)); do
+    mountpoint -q "$MNT_WB" && break
+    kill -0 "$MOUNT_WB_PID" 2>/dev/null || fail_setup "the writeback mount daemon exited before mounting"
+    sleep 0.1
+done
+mountpoint -q "$MNT_WB" || fail_setup "no mount at $MNT_WB after 30 s"
+log "mounted with --writeback at $MNT_WB"
 
 mount_alive() { # mount_alive WHEN: records a problem if the daemon died or the mount hangs
     if ! kill -0 "$MOUNT_PID" 2>/dev/null; then
@@ -248,43 +272,65 @@ if [[ $STRICT == 1 ]] && ((NEW + STALE > 0)); then
 fi
 
 # --- fsx -----------------------------------------------------------------------------------------
-FSX_RESULT="not run"
-if mount_alive "the pjdfstest run"; then
-    mkdir -p "$MNT/fsx" "$WORK/fsx-artifacts"
-    log "fsx -N $FSX_OPS (time limit ${FSX_TIMEOUT} s)..."
+# Two runs at once, on the plain mount and on the writeback mount, each on its own file of up to
+# 1 MiB (4 blocks).
+run_fsx() { # run_fsx NAME DIR SEED: sets FSX_RESULT_<NAME>
+    local name=$1 dir=$2 seed=$3 start rc secs
+    mkdir -p "$dir/fsx-$name" "$WORK/fsx-$name-artifacts"
     start=$SECONDS
-    timeout --kill-after=30 "$FSX_TIMEOUT" fsx -N "$FSX_OPS" -S 1 -P "$WORK/fsx-artifacts" "$MNT/fsx/file" \
-        >"$WORK/fsx.txt" 2>&1 </dev/null
+    timeout --kill-after=30 "$FSX_TIMEOUT" fsx -N "$FSX_OPS" -S "$seed" -l 1048576 \
+        -P "$WORK/fsx-$name-artifacts" "$dir/fsx-$name/file" >"$WORK/fsx-$name.txt" 2>&1 </dev/null
     rc=$?
-    FSX_SECONDS=$((SECONDS - start))
+    secs=$((SECONDS - start))
+    echo "$rc $secs" >"$WORK/fsx-$name.rc"
+}
+fsx_result() { # fsx_result NAME: the summary line (run in a subshell: the caller records problems)
+    local name=$1 rc secs
+    read -r rc secs <"$WORK/fsx-$name.rc" || { rc=255; secs=0; }
     case $rc in
-    0) FSX_RESULT="passed ($FSX_OPS operations in ${FSX_SECONDS} s)" ;;
+    0) echo "passed ($FSX_OPS operations in ${secs} s)" ;;
     124 | 137)
-        FSX_RESULT="hung (killed after ${FSX_TIMEOUT} s)"
-        problems+=("fsx hung")
+        echo "hung (killed after ${FSX_TIMEOUT} s)"
         ;;
     *)
-        FSX_RESULT="FAILED (exit $rc)"
-        problems+=("fsx failed (exit $rc): see fsx.txt")
-        tail -n 30 "$WORK/fsx.txt"
-        cp -f "$WORK"/fsx-artifacts/* "$RESULTS"/ 2>/dev/null
+        echo "FAILED (exit $rc)"
+        tail -n 30 "$WORK/fsx-$name.txt" >&2
+        cp -f "$WORK"/fsx-"$name"-artifacts/* "$RESULTS"/ 2>/dev/null
         ;;
     esac
+}
+FSX_RESULT="not run"
+FSX_WB_RESULT="not run"
+if mount_alive "the pjdfstest run"; then
+    log "fsx -N $FSX_OPS on the mount and on the writeback mount, at once (time limit ${FSX_TIMEOUT} s)..."
+    run_fsx plain "$MNT" 1 &
+    p1=$!
+    run_fsx writeback "$MNT_WB" 2 &
+    p2=$!
+    wait "$p1" "$p2"
+    FSX_RESULT=$(fsx_result plain)
+    FSX_WB_RESULT=$(fsx_result writeback)
+    # fsx_result ran in a subshell: record its problems here.
+    [[ $FSX_RESULT == passed* ]] || problems+=("fsx on the mount: $FSX_RESULT (see fsx-plain.txt)")
+    [[ $FSX_WB_RESULT == passed* ]] || problems+=("fsx on the writeback mount: $FSX_WB_RESULT (see fsx-writeback.txt)")
     mount_alive fsx
+    kill -0 "$MOUNT_WB_PID" 2>/dev/null || problems+=("the writeback mount daemon died during fsx")
 fi
 
 # --- clean stop, then the logs -------------------------------------------------------------------
-if mountpoint -q "$MNT"; then
-    if ! timeout 60 "$CAIRN_BIN" mount stop "$MNT" >"$WORK/mount-stop.log" 2>&1; then
-        problems+=("cairn mount stop failed: $(tail -n 1 "$WORK/mount-stop.log")")
+for m in "$MNT" "$MNT_WB"; do
+    if mountpoint -q "$m"; then
+        if ! timeout 60 "$CAIRN_BIN" mount stop "$m" >"$WORK/mount-stop.log" 2>&1; then
+            problems+=("cairn mount stop $m failed: $(tail -n 1 "$WORK/mount-stop.log")")
+        fi
     fi
-fi
+done
 for ((i = 0; i < 300; i++)); do
     kill -0 "$MOUNT_PID" 2>/dev/null || break
     sleep 0.1
 done
-if grep -l panicked "$WORK/meta.log" "$WORK/mount.log" >/dev/null 2>&1; then
-    problems+=("a cairn process panicked: $(grep -h -m 3 panicked "$WORK/meta.log" "$WORK/mount.log")")
+if grep -l panicked "$WORK/meta.log" "$WORK/mount.log" "$WORK/mount-wb.log" >/dev/null 2>&1; then
+    problems+=("a cairn process panicked: $(grep -h -m 3 panicked "$WORK/meta.log" "$WORK/mount.log" "$WORK/mount-wb.log")")
 fi
 
 echo
@@ -293,11 +339,12 @@ echo "pjdfstest on ext4 (control): ${CONTROL_SUMMARY:-no summary}"
 echo "pjdfstest on cairn:          ${CAIRN_SUMMARY:-no summary} (${PJD_SECONDS} s)"
 echo "  failures not excluded:     $NEW   stale exclusions: $STALE"
 echo "fsx:                         $FSX_RESULT"
+echo "fsx with --writeback:        $FSX_WB_RESULT"
 echo "outputs:                     $RESULTS"
 if ((${#problems[@]})); then
     echo "PROBLEMS:"
     printf '  - %s\n' "${problems[@]}"
-    for f in meta.log mount.log; do
+    for f in meta.log mount.log mount-wb.log; do
         echo "----- last 30 lines of $f -----"
         tail -n 30 "$WORK/$f"
     done

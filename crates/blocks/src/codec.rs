@@ -340,6 +340,20 @@ impl BlockCodec {
         Bytes::from(out)
     }
 
+    /// Checks the header and the payload checksum only (steps 1 to 4 of decoding): needs no key
+    /// and no decompression. For bytes held elsewhere before they are uploaded (writeback).
+    pub fn check_stored(stored: &[u8]) -> Result<(), CodecError> {
+        let header = Header::parse(stored)?;
+        let actual = crc32c::crc32c(&stored[HEADER_LEN..]);
+        if actual != header.payload_crc {
+            return Err(CodecError::PayloadChecksum {
+                expected: header.payload_crc,
+                actual,
+            });
+        }
+        Ok(())
+    }
+
     /// Decodes the bytes of a block object into the raw block. Verifies magic, format version,
     /// flags, lengths and both checksums; never panics, whatever the bytes.
     pub fn decode(&self, stored: &[u8]) -> Result<Bytes, CodecError> {

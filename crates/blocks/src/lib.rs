@@ -9,17 +9,21 @@
 //! - This crate is the only code in cairn that touches object storage (STYLE 1.4); the store is
 //!   one `Arc<dyn ObjectStore>` built from decorators (see [`store`]).
 //! - Bytes that fail verification are never returned as data: [`BlockStore::get`] checks the
-//!   length and both checksums of every block, re-reads once, then reports
+//!   length and both checksums of every block (a cached copy too), re-reads once, then reports
 //!   [`BlockError::Corrupt`].
-//! - [`BlockStore::put`] returns Ok only when the block is durable in the store, and may be
-//!   repeated with the same bytes (create-if-absent, then read back and compare).
+//! - [`BlockStore::put`] returns Ok only when the block is durable in the store, or with
+//!   writeback staged durably in the disk cache (and then uploaded, retried until it is), and
+//!   may be repeated with the same bytes (create-if-absent, then read back and compare).
+//! - The disk cache holds stored objects only, never plaintext of an encrypted volume.
 //! - Decoding never panics on hostile bytes.
 //!
 //! It never knows about files, inodes or the metadata server beyond the numbers in a key.
 //!
 //! Modules: [`codec`] (the object format), [`key`] (object paths), [`store`] (the store and how
-//! blocks are written and read), `retry` (the retrying decorator), [`error`].
+//! blocks are written and read), [`cache`] (the on-disk cache of stored objects, with writeback),
+//! `writeback` (the uploader of staged blocks), `retry` (the retrying decorator), [`error`].
 
+pub mod cache;
 pub mod codec;
 pub mod error;
 #[cfg(test)]
@@ -27,7 +31,9 @@ mod faults;
 pub mod key;
 mod retry;
 pub mod store;
+mod writeback;
 
+pub use cache::{CacheConfig, CacheUsage, DiskCache};
 pub use codec::{BlockCodec, CodecError, Compression, ParseCompressionError};
 pub use error::BlockError;
 pub use key::BlockKey;

@@ -66,12 +66,14 @@ impl RetryPolicy {
         budget: Duration::from_secs(3),
     };
 
-    /// Runs `attempt` until it succeeds, fails permanently, or the budget is spent.
+    /// Runs `attempt` until it succeeds, fails permanently, or the budget is spent. With
+    /// `quiet`, retries log at DEBUG only (the caller reports failures its own way).
     pub(crate) async fn run<T, F, Fut>(
         &self,
         store: &(dyn fmt::Display + Sync),
         op: &'static str,
         path: &Path,
+        quiet: bool,
         mut attempt: F,
     ) -> Result<T>
     where
@@ -94,7 +96,7 @@ impl RetryPolicy {
                 return Err(err);
             }
             retries += 1;
-            if retries == 1 {
+            if retries == 1 && !quiet {
                 tracing::warn!(
                     %store, op, %path, error = %err,
                     "object store {op} failed; retrying for up to {:?}", self.budget
@@ -113,16 +115,55 @@ fn jitter(delay: Duration) -> Duration {
     delay.mul_f64(0.5 + rand::random::<f64>() / 2.0)
 }
 
+/// The delays of [`RetryPolicy`] without its budget, for callers that retry forever (the
+/// writeback uploader).
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    delay: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    pub(crate) fn new(policy: &RetryPolicy) -> Backoff {
+        Backoff {
+            delay: policy.initial,
+            max: policy.max,
+        }
+    }
+
+    /// The next sleep: jittered, doubling up to the policy's largest delay.
+    pub(crate) fn next_delay(&mut self) -> Duration {
+        let sleep = jitter(self.delay);
+        self.delay = (self.delay * 2).min(self.max);
+        sleep
+    }
+}
+
 /// An [`ObjectStore`] that retries the operations of another. See the module doc.
 #[derive(Debug)]
 pub(crate) struct RetryingStore {
     inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
+    quiet: bool,
 }
 
 impl RetryingStore {
     pub(crate) fn new(inner: Arc<dyn ObjectStore>, policy: RetryPolicy) -> Self {
-        Self { inner, policy }
+        Self {
+            inner,
+            policy,
+            quiet: false,
+        }
+    }
+
+    /// Retries logged at DEBUG only: for the writeback uploader, which logs failures once per
+    /// object and rate-limited.
+    pub(crate) fn quiet(inner: Arc<dyn ObjectStore>, policy: RetryPolicy) -> Self {
+        Self {
+            inner,
+            policy,
+            quiet: true,
+        }
     }
 }
 
@@ -178,7 +219,7 @@ impl ObjectStore for RetryingStore {
         let inner = &self.inner;
         let (payload, opts) = (&payload, &opts);
         self.policy
-            .run(&self.inner, "put", location, || async move {
+            .run(&self.inner, "put", location, self.quiet, || async move {
                 inner
                     .put_opts(location, payload.clone(), opts.clone())
                     .await
@@ -200,13 +241,13 @@ impl ObjectStore for RetryingStore {
         if options.head {
             return self
                 .policy
-                .run(&self.inner, "head", location, || async move {
+                .run(&self.inner, "head", location, self.quiet, || async move {
                     inner.get_opts(location, options.clone()).await
                 })
                 .await;
         }
         self.policy
-            .run(&self.inner, "get", location, || async move {
+            .run(&self.inner, "get", location, self.quiet, || async move {
                 buffer(inner.get_opts(location, options.clone()).await?).await
             })
             .await
@@ -217,7 +258,7 @@ impl ObjectStore for RetryingStore {
         locations: BoxStream<'static, Result<Path>>,
     ) -> BoxStream<'static, Result<Path>> {
         let inner = Arc::clone(&self.inner);
-        let policy = self.policy;
+        let (policy, quiet) = (self.policy, self.quiet);
         locations
             .then(move |location| {
                 let inner = Arc::clone(&inner);
@@ -225,7 +266,7 @@ impl ObjectStore for RetryingStore {
                     let location = location?;
                     let store = &inner;
                     policy
-                        .run(&inner, "delete", &location, || async {
+                        .run(&inner, "delete", &location, quiet, || async {
                             store.delete(&location).await
                         })
                         .await?;

@@ -9,9 +9,10 @@
 //!   | InMemory)                    memory://: unit tests
 //! ```
 //!
-//! Two `Retrying` layers share the same inner store: one with the data budget (2 minutes) for
+//! Three `Retrying` layers share the same inner store: one with the data budget (2 minutes) for
 //! put, get and delete, one with a budget of seconds for [`BlockStore::check`], which must say
-//! "unreachable" quickly instead of retrying for minutes.
+//! "unreachable" quickly instead of retrying for minutes, and a quiet one for the writeback
+//! uploader, which logs its failures itself (once per block, rate-limited).
 //!
 //! Writing a block ([`BlockStore::put`]):
 //! 1. Encode it (compress, checksum: see [`crate::codec`]).
@@ -26,9 +27,20 @@
 //! length against the header and both checksums. A block that fails is read once more (a torn
 //! read heals; damage at rest does not) and then reported as [`BlockError::Corrupt`]. Bytes that
 //! failed verification are never returned.
+//!
+//! With a disk cache ([`StoreConfig::cache`], [`crate::cache`]), which holds stored (encoded)
+//! objects:
+//! - `get` decodes a cached copy with the same checks; one that fails is dropped (a warning) and
+//!   the block is read from the store. What the store returns is cached.
+//! - `put` without writeback writes to the store, then caches the copy. With writeback it stages
+//!   the object durably in the cache and returns; the uploader (writeback.rs) writes it to the
+//!   store with steps 2 and 3 above, retrying forever, and then the copy becomes a clean one. If
+//!   staging fails (cache full of staged blocks, disk full, I/O error), `put` writes directly.
+//! - `delete` drops the cached or staged copy too.
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,10 +54,12 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, RetryConfig,
 };
 
+use crate::cache::{CacheConfig, DiskCache};
 use crate::codec::{BlockCodec, CodecError};
 use crate::error::{io_kind, s3_error_code, transport_kind, BlockError};
 use crate::key::BlockKey;
 use crate::retry::{RetryPolicy, RetryingStore};
+use crate::writeback::Uploader;
 
 /// TCP connect timeout of the S3 client.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -53,6 +67,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound on the whole of [`BlockStore::check`].
 const CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest round of retries of one writeback upload (retried forever in rounds).
+const UPLOAD_ROUND: Duration = Duration::from_secs(10);
 /// Region when none is given.
 const DEFAULT_REGION: &str = "us-east-1";
 /// Longest volume name.
@@ -89,6 +105,8 @@ pub struct StoreConfig {
     pub access_key_id: Option<String>,
     /// Secret of `access_key_id`.
     pub secret_access_key: Option<String>,
+    /// On-disk block cache (L2), optionally with writeback; see [`crate::cache`].
+    pub cache: Option<CacheConfig>,
 }
 
 /// Where a store is; for messages and object URLs.
@@ -154,21 +172,51 @@ pub struct BlockStore {
 }
 
 struct Inner {
+    core: Arc<Core>,
+    cache: Option<DiskCache>,
+    writeback: bool,
+    /// Uploads staged blocks; present whenever there is a cache (it may hold staged blocks of an
+    /// earlier run even without writeback now).
+    uploader: Option<Uploader>,
+    /// A failed stage was logged; cleared when staging works again.
+    stage_failing: AtomicBool,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Deterministic, unlike the end of the uploader's tasks: the folder can be opened again
+        // as soon as the last handle is gone.
+        if let Some(cache) = &self.cache {
+            cache.release();
+        }
+    }
+}
+
+/// What the uploader shares with the store: the object store and the codec, no cache.
+pub(crate) struct Core {
     /// Retrying with the data budget.
     data: Arc<dyn ObjectStore>,
     /// Retrying with the probe budget, for `check`.
     probe: Arc<dyn ObjectStore>,
+    /// Retrying quietly, in rounds of at most [`UPLOAD_ROUND`]: for the writeback uploader,
+    /// which retries rounds forever and logs failures itself.
+    pub(crate) upload: Arc<dyn ObjectStore>,
     codec: BlockCodec,
     volume: String,
     location: Location,
+    /// Delays between the uploader's rounds.
+    pub(crate) policy: RetryPolicy,
 }
 
 impl fmt::Debug for BlockStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let core = &self.inner.core;
         f.debug_struct("BlockStore")
-            .field("store", &self.inner.data.to_string())
-            .field("volume", &self.inner.volume)
-            .field("codec", &self.inner.codec)
+            .field("store", &core.data.to_string())
+            .field("volume", &core.volume)
+            .field("codec", &core.codec)
+            .field("cache", &self.inner.cache)
+            .field("writeback", &self.inner.writeback)
             .finish()
     }
 }
@@ -338,7 +386,9 @@ fn open_s3(cfg: &StoreConfig, url: &str) -> Result<(Arc<dyn ObjectStore>, Locati
 
 impl BlockStore {
     /// Opens the block store of `volume` described by `cfg`. Makes no request (a local folder is
-    /// created if missing); use [`BlockStore::check`] to prove the store works.
+    /// created if missing); use [`BlockStore::check`] to prove the store works. With a cache
+    /// (`cfg.cache`), takes the cache folder's lock and queues the blocks staged there by an
+    /// earlier run for upload; then it must be called within a tokio runtime.
     pub fn open(
         cfg: &StoreConfig,
         volume: &str,
@@ -362,48 +412,80 @@ impl BlockStore {
                 )))
             }
         };
-        Ok(Self::assemble(
+        Self::assemble(
             inner,
             location,
             volume,
             codec,
             RetryPolicy::DATA,
-        ))
+            cfg.cache.as_ref(),
+        )
     }
 
-    /// Puts the retrying layers around `inner`.
+    /// Puts the retrying layers around `inner`, and opens the cache.
     fn assemble(
         inner: Arc<dyn ObjectStore>,
         location: Location,
         volume: &str,
         codec: BlockCodec,
         data_policy: RetryPolicy,
-    ) -> BlockStore {
+        cache: Option<&CacheConfig>,
+    ) -> Result<BlockStore, BlockError> {
         let data = Arc::new(RetryingStore::new(Arc::clone(&inner), data_policy));
+        // Short rounds: the uploader retries forever around them, and logs a block's first
+        // failed round, which should come soon after the store goes away.
+        let upload_policy = RetryPolicy {
+            budget: data_policy.budget.min(UPLOAD_ROUND),
+            ..data_policy
+        };
+        let upload = Arc::new(RetryingStore::quiet(Arc::clone(&inner), upload_policy));
         let probe = Arc::new(RetryingStore::new(inner, RetryPolicy::PROBE));
-        BlockStore {
+        let core = Arc::new(Core {
+            data,
+            probe,
+            upload,
+            codec,
+            volume: volume.to_string(),
+            location,
+            policy: data_policy,
+        });
+        let (cache, uploader, writeback) = match cache {
+            None => (None, None, false),
+            Some(cfg) => {
+                if tokio::runtime::Handle::try_current().is_err() {
+                    return Err(bad_config(
+                        "a block store with a disk cache must be opened within a tokio runtime",
+                    ));
+                }
+                let cache = DiskCache::open(&cfg.dir, cfg.capacity)?;
+                let uploader = Uploader::start(Arc::clone(&core), cache.clone());
+                (Some(cache), Some(uploader), cfg.writeback)
+            }
+        };
+        Ok(BlockStore {
             inner: Arc::new(Inner {
-                data,
-                probe,
-                codec,
-                volume: volume.to_string(),
-                location,
+                core,
+                cache,
+                writeback,
+                uploader,
+                stage_failing: AtomicBool::new(false),
             }),
-        }
+        })
     }
 
     /// e.g. "s3://bucket/prefix at http://127.0.0.1:8333" — for logs and errors.
     pub fn describe(&self) -> String {
-        self.inner.location.describe()
+        self.inner.core.location.describe()
     }
 
     /// The codec new blocks are written with.
     pub fn codec(&self) -> &BlockCodec {
-        &self.inner.codec
+        &self.inner.core.codec
     }
 
-    fn path(&self, key: &BlockKey) -> Path {
-        Path::from(key.object_path(&self.inner.volume))
+    /// The disk cache, if the store has one.
+    pub fn cache(&self) -> Option<&DiskCache> {
+        self.inner.cache.as_ref()
     }
 
     /// Proves the store is usable before a mount goes live: reachable, bucket exists, credentials
@@ -421,145 +503,299 @@ impl BlockStore {
     }
 
     async fn check_probe(&self) -> Result<(), BlockError> {
-        let inner = &self.inner;
+        let core = &self.inner.core;
         // Outside the block key space: block paths start with 4 hex digits.
         let path = Path::from(format!(
             "cairn-probe/{}/{:016x}",
-            inner.volume,
+            core.volume,
             rand::random::<u64>()
         ));
-        let raw = Bytes::from(format!("cairn store check of volume {}", inner.volume));
-        let stored = inner.codec.encode_for(&raw, path.as_ref().as_bytes());
-        inner
-            .probe
+        let raw = Bytes::from(format!("cairn store check of volume {}", core.volume));
+        let stored = core.codec.encode_for(&raw, path.as_ref().as_bytes());
+        core.probe
             .put_opts(&path, stored.into(), PutMode::Create.into())
             .await
-            .map_err(|e| self.error("check", &path, e))?;
-        let (back, _) = self.read_verified(&inner.probe, "check", &path).await?;
+            .map_err(|e| core.error("check", &path, e))?;
+        let (back, _) = core.read_verified(&core.probe, "check", &path).await?;
         if back != raw {
             return Err(BlockError::Conflict {
-                path: inner.location.object_url(&path),
+                path: core.location.object_url(&path),
             });
         }
-        inner
-            .probe
+        core.probe
             .delete(&path)
             .await
-            .map_err(|e| self.error("check", &path, e))?;
+            .map_err(|e| core.error("check", &path, e))?;
         Ok(())
     }
 
-    /// Encode and write a block; returns the stored size in bytes. Durable when Ok. Writing the
-    /// same key again with the same bytes is Ok (a replayed write); with other bytes it is
-    /// [`BlockError::Conflict`].
+    /// Encode and write a block; returns the stored size in bytes. Durable when Ok: in the store,
+    /// or with writeback, staged in the disk cache (uploaded in the background; see
+    /// [`BlockStore::drain_writeback`]). Writing the same key again with the same bytes is Ok (a
+    /// replayed write); with other bytes it is [`BlockError::Conflict`].
     pub async fn put(&self, key: &BlockKey, raw: Bytes) -> Result<u64, BlockError> {
-        let inner = &self.inner;
-        let path = self.path(key);
-        let stored = self.encode(raw.clone(), &path).await;
+        let core = &self.inner.core;
+        let path = core.path(key);
+        let stored = core.encode(raw.clone(), &path).await;
+        if let (Some(cache), true) = (&self.inner.cache, self.inner.writeback) {
+            if let Some(len) = self.replayed_stage(cache, &path, &raw).await? {
+                return Ok(len);
+            }
+            match cache.stage(path.as_ref(), stored.clone()).await {
+                Ok(()) => {
+                    if self.inner.stage_failing.swap(false, Ordering::Relaxed) {
+                        tracing::info!(dir = %cache.dir().display(), "staging blocks in the disk cache works again");
+                    }
+                    if let Some(uploader) = &self.inner.uploader {
+                        uploader.enqueue(path.to_string());
+                    }
+                    return Ok(stored.len() as u64);
+                }
+                Err(e) => {
+                    if !self.inner.stage_failing.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            dir = %cache.dir().display(), error = %e,
+                            "cannot stage blocks in the disk cache; uploading them directly until it works again"
+                        );
+                    }
+                }
+            }
+        }
+        let (len, written) = core
+            .put_encoded(&core.data, "put", &path, stored.clone(), Some(&raw))
+            .await?;
+        if let (Some(cache), true) = (&self.inner.cache, written) {
+            cache.insert(path.as_ref(), stored).await;
+        }
+        Ok(len)
+    }
+
+    /// With writeback, a put of a block already staged: Some(stored size) if it holds the same
+    /// bytes, Conflict if other bytes, None if it is not staged or its copy is damaged.
+    async fn replayed_stage(
+        &self,
+        cache: &DiskCache,
+        path: &Path,
+        raw: &Bytes,
+    ) -> Result<Option<u64>, BlockError> {
+        let core = &self.inner.core;
+        let Some((existing, true)) = cache.get(path.as_ref()).await else {
+            return Ok(None);
+        };
+        match core.decode(existing.clone(), path).await {
+            Ok(back) if back == raw => Ok(Some(existing.len() as u64)),
+            Ok(_) => Err(BlockError::Conflict {
+                path: core.location.object_url(path),
+            }),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Read and decode a block; checks length and checksums. With a cache, a cached copy is
+    /// used if it passes the same checks (one that fails is dropped, with a warning, and the
+    /// block read from the store), and a block read from the store is cached.
+    pub async fn get(&self, key: &BlockKey) -> Result<Bytes, BlockError> {
+        let core = &self.inner.core;
+        let path = core.path(key);
+        if let Some(cache) = &self.inner.cache {
+            if let Some((stored, staged)) = cache.get(path.as_ref()).await {
+                match core.decode(stored, &path).await {
+                    Ok(raw) => return Ok(raw),
+                    Err(reason) if staged => tracing::error!(
+                        path = %path, dir = %cache.dir().display(), %reason,
+                        "a block waiting for upload in the disk cache failed verification; reading it from the object store"
+                    ),
+                    Err(reason) => {
+                        tracing::warn!(
+                            path = %path, dir = %cache.dir().display(), %reason,
+                            "cached copy of a block failed verification; dropped it, reading the block from the object store"
+                        );
+                        cache.remove(path.as_ref()).await;
+                    }
+                }
+            }
+        }
+        let (raw, stored) = core.read_verified(&core.data, "get", &path).await?;
+        if let Some(cache) = &self.inner.cache {
+            cache.insert(path.as_ref(), stored).await;
+        }
+        Ok(raw)
+    }
+
+    /// Delete a block object (missing is Ok), and its cached copy. A staged copy not uploaded
+    /// yet is dropped and its upload cancelled.
+    pub async fn delete(&self, key: &BlockKey) -> Result<(), BlockError> {
+        let core = &self.inner.core;
+        let path = core.path(key);
+        if let Some(cache) = &self.inner.cache {
+            cache.remove(path.as_ref()).await;
+        }
+        core.delete(&core.data, &path).await
+    }
+
+    /// Waits until every block staged so far (by this store, or found at open) is uploaded. Use
+    /// it where blocks must be in the object store, not only durable here: before a mount serves
+    /// (blocks left by a crash), or to make a file visible to other hosts. Waits as long as the
+    /// store is unreachable: uploads are retried forever. Returns the first error of a block
+    /// that could not be uploaded at all (its staged copy damaged, or a conflicting object in
+    /// the store) since the last call.
+    pub async fn drain_writeback(&self) -> Result<(), BlockError> {
+        let Some(cache) = &self.inner.cache else {
+            return Ok(());
+        };
+        cache.wait_staged().await;
+        match self
+            .inner
+            .uploader
+            .as_ref()
+            .and_then(Uploader::take_failure)
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Blocks waiting for upload in the disk cache, and their stored bytes.
+    pub fn writeback_pending(&self) -> (u64, u64) {
+        self.inner.cache.as_ref().map_or((0, 0), |cache| {
+            let usage = cache.usage();
+            (usage.staged_count, usage.staged_bytes)
+        })
+    }
+}
+
+impl Core {
+    fn path(&self, key: &BlockKey) -> Path {
+        Path::from(key.object_path(&self.volume))
+    }
+
+    /// Full URL of an object, for messages.
+    pub(crate) fn object_url(&self, path: &Path) -> String {
+        self.location.object_url(path)
+    }
+
+    /// Writes stored bytes create-if-absent (module doc, steps 2 and 3) through `store`. `raw` is
+    /// what they decode to, if the caller has it. Returns the stored size and whether our bytes
+    /// were written (false: an equal object was there already).
+    pub(crate) async fn put_encoded(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        op: &'static str,
+        path: &Path,
+        stored: Bytes,
+        raw: Option<&Bytes>,
+    ) -> Result<(u64, bool), BlockError> {
         let len = stored.len() as u64;
-        match inner
-            .data
-            .put_opts(&path, stored.clone().into(), PutMode::Create.into())
+        match store
+            .put_opts(path, stored.clone().into(), PutMode::Create.into())
             .await
         {
-            Ok(_) => return Ok(len),
+            Ok(_) => return Ok((len, true)),
             Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(self.error("put", &path, e)),
+            Err(e) => return Err(self.error(op, path, e)),
         }
-        match self.read_verified(&inner.data, "put", &path).await {
-            Ok((existing, existing_len)) if existing == raw => Ok(existing_len),
-            Ok(_) => Err(BlockError::Conflict {
-                path: inner.location.object_url(&path),
-            }),
+        match self.read_verified(store, op, path).await {
+            Ok((existing_raw, existing)) => {
+                let same = existing == stored
+                    || match raw {
+                        Some(raw) => existing_raw == raw,
+                        None => self
+                            .decode(stored, path)
+                            .await
+                            .is_ok_and(|ours| ours == existing_raw),
+                    };
+                if same {
+                    Ok((existing.len() as u64, false))
+                } else {
+                    Err(BlockError::Conflict {
+                        path: self.location.object_url(path),
+                    })
+                }
+            }
             Err(err @ (BlockError::Corrupt { .. } | BlockError::NotFound { .. })) => {
                 tracing::warn!(
-                    path = %inner.location.object_url(&path), error = %err,
+                    path = %self.location.object_url(path), error = %err,
                     "existing block object is unreadable; replacing it"
                 );
-                inner
-                    .data
-                    .put_opts(&path, stored.into(), PutMode::Overwrite.into())
+                store
+                    .put_opts(path, stored.into(), PutMode::Overwrite.into())
                     .await
-                    .map_err(|e| self.error("put", &path, e))?;
-                Ok(len)
+                    .map_err(|e| self.error(op, path, e))?;
+                Ok((len, true))
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes an object through `store`; missing is Ok.
+    pub(crate) async fn delete(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        path: &Path,
+    ) -> Result<(), BlockError> {
+        match store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("delete", path, e)),
         }
     }
 
     /// Encode for the object at `path` (the path is bound into the encryption, if any).
     async fn encode(&self, raw: Bytes, path: &Path) -> Bytes {
         if raw.len() < OFFLOAD_MIN_LEN {
-            return self.inner.codec.encode_for(&raw, path.as_ref().as_bytes());
+            return self.codec.encode_for(&raw, path.as_ref().as_bytes());
         }
-        let (codec, path) = (self.inner.codec.clone(), path.to_string());
+        let (codec, path) = (self.codec.clone(), path.to_string());
         off_runtime(move || codec.encode_for(&raw, path.as_bytes())).await
     }
 
     async fn decode(&self, stored: Bytes, path: &Path) -> Result<Bytes, CodecError> {
         if stored.len() < OFFLOAD_MIN_LEN {
-            return self
-                .inner
-                .codec
-                .decode_for(&stored, path.as_ref().as_bytes());
+            return self.codec.decode_for(&stored, path.as_ref().as_bytes());
         }
-        let (codec, path) = (self.inner.codec.clone(), path.to_string());
+        let (codec, path) = (self.codec.clone(), path.to_string());
         off_runtime(move || codec.decode_for(&stored, path.as_bytes())).await
     }
 
-    /// Read and decode a block; checks length and checksums.
-    pub async fn get(&self, key: &BlockKey) -> Result<Bytes, BlockError> {
-        let (raw, _) = self
-            .read_verified(&self.inner.data, "get", &self.path(key))
-            .await?;
-        Ok(raw)
-    }
-
-    /// Delete a block object (missing is Ok).
-    pub async fn delete(&self, key: &BlockKey) -> Result<(), BlockError> {
-        let path = self.path(key);
-        match self.inner.data.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error("delete", &path, e)),
-        }
-    }
-
     /// Reads and decodes an object, reading it a second time if it fails verification. Returns
-    /// the raw block and the stored size.
+    /// the raw block and the stored bytes.
     async fn read_verified(
         &self,
         store: &Arc<dyn ObjectStore>,
         op: &'static str,
         path: &Path,
-    ) -> Result<(Bytes, u64), BlockError> {
+    ) -> Result<(Bytes, Bytes), BlockError> {
         let read = || async {
             let stored = async { store.get(path).await?.bytes().await }
                 .await
                 .map_err(|e| self.error(op, path, e))?;
             let decoded = self.decode(stored.clone(), path).await;
-            Ok::<_, BlockError>((decoded, stored.len() as u64))
+            Ok::<_, BlockError>((decoded, stored))
         };
         let reason = match read().await? {
-            (Ok(raw), len) => return Ok((raw, len)),
+            (Ok(raw), stored) => return Ok((raw, stored)),
             (Err(reason), _) => reason,
         };
         tracing::warn!(
-            path = %self.inner.location.object_url(path), %reason,
+            path = %self.location.object_url(path), %reason,
             "block object failed verification; reading it again"
         );
         match read().await? {
-            (Ok(raw), len) => Ok((raw, len)),
+            (Ok(raw), stored) => Ok((raw, stored)),
             (Err(reason), _) => Err(BlockError::Corrupt {
-                path: self.inner.location.object_url(path),
+                path: self.location.object_url(path),
                 reason,
             }),
         }
     }
-
     /// Turns an `object_store` error into the condition it means.
-    fn error(&self, op: &'static str, path: &Path, err: object_store::Error) -> BlockError {
+    pub(crate) fn error(
+        &self,
+        op: &'static str,
+        path: &Path,
+        err: object_store::Error,
+    ) -> BlockError {
         use object_store::client::HttpErrorKind;
-        let location = &self.inner.location;
+        let location = &self.location;
         match &err {
             object_store::Error::NotFound { .. } => {
                 if let Location::S3 { bucket, .. } = location {
@@ -626,7 +862,295 @@ mod tests {
             "vol",
             BlockCodec::new(Compression::Lz4),
             policy,
+            None,
         )
+        .unwrap()
+    }
+
+    fn cache_config(dir: &std::path::Path, capacity: u64, writeback: bool) -> CacheConfig {
+        CacheConfig {
+            dir: dir.to_path_buf(),
+            capacity,
+            writeback,
+        }
+    }
+
+    /// A store over `faults` with a disk cache in `dir`; data retries give up after 100 ms.
+    fn cached(
+        faults: &Arc<Flaky>,
+        codec: BlockCodec,
+        cache: &CacheConfig,
+    ) -> Result<BlockStore, BlockError> {
+        BlockStore::assemble(
+            Arc::clone(faults) as Arc<dyn ObjectStore>,
+            Location::Memory,
+            "vol",
+            codec,
+            RetryPolicy {
+                budget: Duration::from_millis(100),
+                ..FAST
+            },
+            Some(cache),
+        )
+    }
+
+    fn lz4() -> BlockCodec {
+        BlockCodec::new(Compression::Lz4)
+    }
+
+    fn key(index: u64) -> BlockKey {
+        BlockKey {
+            ino: 7,
+            index,
+            version: 1,
+        }
+    }
+
+    fn raw(index: u64) -> Bytes {
+        Bytes::from(format!("block {index} ").repeat(10_000))
+    }
+
+    /// Whether the object of `key` is in the (inner, not cached) store.
+    async fn in_bucket(faults: &Flaky, key: &BlockKey) -> bool {
+        faults
+            .inner
+            .get(&Path::from(key.object_path("vol")))
+            .await
+            .is_ok()
+    }
+
+    async fn drain_within(store: &BlockStore, limit: Duration) -> Option<Result<(), BlockError>> {
+        tokio::time::timeout(limit, store.drain_writeback())
+            .await
+            .ok()
+    }
+
+    /// Reads come from the cache (no store request); a damaged cached copy is detected, dropped
+    /// and read again from the store, never returned.
+    #[tokio::test]
+    async fn cached_copies_are_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, false)).unwrap();
+        store.put(&key(1), raw(1)).await.unwrap();
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
+        assert_eq!(
+            faults.calls.load(Ordering::SeqCst),
+            calls,
+            "served by the cache"
+        );
+
+        let path = key(1).object_path("vol");
+        let file = store.cache().unwrap().entry_file(&path).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
+        assert_eq!(
+            faults.calls.load(Ordering::SeqCst),
+            calls + 1,
+            "read from the store"
+        );
+        // The good copy from the store replaced the damaged one.
+        assert_ne!(std::fs::read(&file).unwrap(), bytes);
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
+        assert_eq!(faults.calls.load(Ordering::SeqCst), calls + 1);
+
+        // A block read from the store is cached.
+        let other = over(&faults);
+        other.put(&key(2), raw(2)).await.unwrap();
+        assert_eq!(store.get(&key(2)).await.unwrap(), raw(2));
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert_eq!(store.get(&key(2)).await.unwrap(), raw(2));
+        assert_eq!(faults.calls.load(Ordering::SeqCst), calls);
+
+        store.delete(&key(2)).await.unwrap();
+        assert!(store
+            .cache()
+            .unwrap()
+            .entry_file(&key(2).object_path("vol"))
+            .is_none());
+        assert!(matches!(
+            store.get(&key(2)).await,
+            Err(BlockError::NotFound { .. })
+        ));
+    }
+
+    /// Writeback: puts succeed while the store is down; the blocks survive a crash (the store
+    /// dropped without draining) and are uploaded after the cache is opened again.
+    #[tokio::test]
+    async fn staged_blocks_survive_a_crash_and_upload_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cache_config(dir.path(), 1 << 30, true);
+        let faults = flaky(u32::MAX, false);
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        let mut stored = 0;
+        for i in 0..3 {
+            stored += store.put(&key(i), raw(i)).await.unwrap();
+        }
+        assert_eq!(store.writeback_pending(), (3, stored));
+        for i in 0..3 {
+            assert_eq!(store.get(&key(i)).await.unwrap(), raw(i), "staged copy");
+            assert!(!in_bucket(&faults, &key(i)).await);
+        }
+        drop(store);
+
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        assert_eq!(store.writeback_pending(), (3, stored), "found at open");
+        faults.fail.store(0, Ordering::SeqCst);
+        drain_within(&store, Duration::from_secs(10))
+            .await
+            .expect("drained")
+            .unwrap();
+        assert_eq!(store.writeback_pending(), (0, 0));
+        let plain = over(&faults);
+        for i in 0..3 {
+            assert_eq!(plain.get(&key(i)).await.unwrap(), raw(i), "in the store");
+        }
+        // Uploaded copies stay as clean cache entries.
+        let usage = store.cache().unwrap().usage();
+        assert_eq!((usage.clean_count, usage.clean_bytes), (3, stored));
+    }
+
+    /// An unreachable store: the upload is retried (not given up after the data budget) and
+    /// drain completes once the store is back.
+    #[tokio::test]
+    async fn writeback_retries_until_the_store_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(u32::MAX, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, true)).unwrap();
+        let len = store.put(&key(1), raw(1)).await.unwrap();
+        // Several times the 100 ms budget of one round of retries.
+        assert!(drain_within(&store, Duration::from_millis(500))
+            .await
+            .is_none());
+        assert_eq!(store.writeback_pending(), (1, len));
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert!(calls > 20, "retried: {calls} calls");
+        faults.fail.store(0, Ordering::SeqCst);
+        drain_within(&store, Duration::from_secs(10))
+            .await
+            .expect("drained once the store is back")
+            .unwrap();
+        assert_eq!(store.writeback_pending(), (0, 0));
+        assert!(in_bucket(&faults, &key(1)).await);
+        // A replayed put of a block already uploaded.
+        assert_eq!(store.put(&key(1), raw(1)).await.unwrap(), len);
+        drain_within(&store, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A delete drops a staged copy; its upload does not resurrect it.
+    #[tokio::test]
+    async fn delete_cancels_a_staged_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(u32::MAX, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, true)).unwrap();
+        store.put(&key(1), raw(1)).await.unwrap();
+        faults.fail.store(0, Ordering::SeqCst);
+        store.delete(&key(1)).await.unwrap();
+        drain_within(&store, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap();
+        // The uploader may have been mid-upload: it deletes what it wrote.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!in_bucket(&faults, &key(1)).await);
+        assert!(matches!(
+            store.get(&key(1)).await,
+            Err(BlockError::NotFound { .. })
+        ));
+        assert_eq!(store.writeback_pending(), (0, 0));
+    }
+
+    /// Staging that cannot fit falls back to a direct upload; the put succeeds.
+    #[tokio::test]
+    async fn a_full_cache_falls_back_to_direct_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 100, true)).unwrap();
+        store.put(&key(1), raw(1)).await.unwrap();
+        assert!(in_bucket(&faults, &key(1)).await);
+        assert_eq!(store.writeback_pending(), (0, 0));
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
+    }
+
+    /// A staged copy damaged on the local disk is not uploaded: drain reports it.
+    #[tokio::test]
+    async fn a_damaged_staged_copy_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cache_config(dir.path(), 1 << 30, true);
+        let faults = flaky(u32::MAX, false);
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        store.put(&key(1), raw(1)).await.unwrap();
+        let file = store
+            .cache()
+            .unwrap()
+            .entry_file(&key(1).object_path("vol"))
+            .unwrap();
+        drop(store);
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        faults.fail.store(0, Ordering::SeqCst);
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        let err = drain_within(&store, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, BlockError::Corrupt { .. }), "{err:?}");
+        assert!(!in_bucket(&faults, &key(1)).await);
+        assert_eq!(store.writeback_pending(), (0, 0));
+        store.drain_writeback().await.unwrap();
+    }
+
+    /// The cache of an encrypted volume holds ciphertext only.
+    #[tokio::test]
+    async fn no_plaintext_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(u32::MAX, false);
+        let codec = BlockCodec::new(Compression::None).with_key(&[7; 32]);
+        let store = cached(&faults, codec, &cache_config(dir.path(), 1 << 30, true)).unwrap();
+        let secret = Bytes::from_static(b"the plaintext that must not reach the disk");
+        store.put(&key(1), secret.clone()).await.unwrap();
+        let file = store
+            .cache()
+            .unwrap()
+            .entry_file(&key(1).object_path("vol"))
+            .unwrap();
+        let on_disk = std::fs::read(file).unwrap();
+        assert!(!on_disk.windows(secret.len()).any(|w| w == &secret[..]));
+        assert_eq!(store.get(&key(1)).await.unwrap(), secret);
+    }
+
+    #[tokio::test]
+    async fn one_store_per_cache_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = cache_config(dir.path(), 1 << 30, false);
+        let faults = flaky(0, false);
+        let first = cached(&faults, lz4(), &cfg).unwrap();
+        let err = cached(&faults, lz4(), &cfg).unwrap_err();
+        assert!(matches!(err, BlockError::BadConfig { .. }), "{err:?}");
+        assert!(
+            err.to_string().starts_with(&format!(
+                "the cache folder {} is in use by another cairn process",
+                dir.path().display()
+            )),
+            "{err}"
+        );
+        let clone = first.clone();
+        drop(first);
+        assert!(
+            cached(&faults, lz4(), &cfg).is_err(),
+            "a clone still holds it"
+        );
+        drop(clone);
+        cached(&faults, lz4(), &cfg).unwrap();
     }
 
     fn block() -> (BlockKey, Bytes) {
@@ -748,6 +1272,7 @@ mod tests {
             s3_region: None,
             access_key_id: Some("k".into()),
             secret_access_key: Some("s".into()),
+            cache: None,
         };
         let codec = BlockCodec::new(Compression::None);
         let store = BlockStore::open(

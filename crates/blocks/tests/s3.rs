@@ -163,6 +163,7 @@ impl Weed {
             s3_region: None,
             access_key_id: Some(ACCESS_KEY.into()),
             secret_access_key: Some(SECRET_KEY.into()),
+            cache: None,
         }
     }
 
@@ -348,6 +349,7 @@ async fn s3_unreachable_endpoint() {
         s3_region: None,
         access_key_id: Some(ACCESS_KEY.into()),
         secret_access_key: Some(SECRET_KEY.into()),
+        cache: None,
     };
     let store = BlockStore::open(&cfg, "vol", BlockCodec::new(Compression::Lz4)).unwrap();
     let start = Instant::now();

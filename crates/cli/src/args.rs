@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 const STORE_HEADING: &str = "Object store";
+const CACHE_HEADING: &str = "Disk cache";
 
 /// cairn: a distributed POSIX filesystem over object storage.
 #[derive(Parser, Debug)]
@@ -61,6 +62,8 @@ pub struct UpArgs {
     pub store: Option<String>,
     #[command(flatten)]
     pub s3: S3Args,
+    #[command(flatten)]
+    pub cache: CacheArgs,
     /// Internal: report readiness on stdout (used when forking into the background).
     #[arg(long, hide = true)]
     pub notify_ready: bool,
@@ -121,9 +124,10 @@ pub struct ServeArgs {
     pub volume: String,
     #[command(flatten)]
     pub volume_settings: VolumeSettings,
-    /// fsync every commit before acknowledging it (concurrent commits share one fsync). Without
-    /// it, commits are made durable every --flush-interval: a crash of the server process or of
-    /// its host loses the changes of the last interval, although they were acknowledged.
+    /// Sync every commit (its redo log record) before acknowledging it; concurrent commits share
+    /// one sync. Without it, the log is synced every --flush-interval: a crash of the server's
+    /// host loses the changes of the last interval, although they were acknowledged (a crash of
+    /// the process alone loses nothing).
     #[arg(long)]
     pub sync: bool,
     /// Without --sync: how often commits are made durable.
@@ -162,7 +166,7 @@ pub struct VolumeSettings {
 #[derive(Subcommand, Debug)]
 pub enum MountCommand {
     /// Mount a volume. Returns once the mount is live, leaving a daemon (unless --foreground).
-    Start(MountArgs),
+    Start(Box<MountArgs>),
     /// Unmount cleanly: open files are flushed and the daemon exits.
     Stop(StopArgs),
 }
@@ -197,6 +201,8 @@ pub struct MountArgs {
     /// Memory for cached blocks, e.g. 512MiB.
     #[arg(long, default_value = "512MiB", value_parser = parse_size)]
     pub cache_size: u64,
+    #[command(flatten)]
+    pub disk_cache: CacheArgs,
     /// How long operations wait for an unreachable metadata server before failing with EIO.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub meta_timeout: std::time::Duration,
@@ -213,6 +219,25 @@ pub struct S3Args {
     /// S3 region [default: us-east-1].
     #[arg(long, help_heading = STORE_HEADING, env = "CAIRN_S3_REGION")]
     pub s3_region: Option<String>,
+}
+
+/// The on-disk block cache (L2) and writeback.
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Keep blocks read and written in this folder (as stored in the bucket: compressed, and
+    /// encrypted if the volume is). One process per folder; created if missing.
+    #[arg(long, value_name = "DIR", help_heading = CACHE_HEADING)]
+    pub cache_dir: Option<PathBuf>,
+    /// Most bytes the disk cache holds [default: 10GiB]. It also leaves 10% of its filesystem
+    /// (at most 1 GiB) free.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = CACHE_HEADING)]
+    pub cache_disk_size: Option<u64>,
+    /// Acknowledge writes once their blocks are safe in --cache-dir (fsynced) and upload them
+    /// in the background, retrying until the object store takes them; blocks left by a crash
+    /// are uploaded when the mount starts again, before it serves. Other hosts see a file's
+    /// new contents only once its blocks are uploaded.
+    #[arg(long, help_heading = CACHE_HEADING)]
+    pub writeback: bool,
 }
 
 #[derive(Args, Debug)]

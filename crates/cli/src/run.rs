@@ -7,7 +7,7 @@
 
 use crate::args::*;
 use anyhow::{anyhow, bail, Context};
-use cairn_blocks::StoreConfig;
+use cairn_blocks::{BlockCodec, BlockStore, CacheConfig, Compression, StoreConfig};
 use cairn_client::rpc::RpcConfig;
 use cairn_client::{Client, ClientConfig};
 use cairn_fuse::{CairnFuse, MountOptions, MountedSession};
@@ -41,7 +41,7 @@ pub fn main(cli: Cli) -> i32 {
             })
         }
         Command::Meta(MetaCommand::Verify(a)) => meta_verify(a),
-        Command::Mount(MountCommand::Start(a)) => mount_start(a),
+        Command::Mount(MountCommand::Start(a)) => mount_start(*a),
         Command::Mount(MountCommand::Stop(a)) => {
             init_logging(None);
             cairn_fuse::unmount(&a.mountpoint)
@@ -220,14 +220,126 @@ async fn wait_for_signal() {
     }
 }
 
-fn store_config(url: &str, s3: &S3Args) -> StoreConfig {
+fn store_config(url: &str, s3: &S3Args, cache: Option<CacheConfig>) -> StoreConfig {
     StoreConfig {
         url: url.to_string(),
         s3_endpoint: s3.s3_endpoint.clone(),
         s3_region: s3.s3_region.clone(),
         access_key_id: None,
         secret_access_key: None,
+        cache,
     }
+}
+
+/// Default of --cache-disk-size.
+const DEFAULT_CACHE_DISK_SIZE: u64 = 10 << 30;
+/// Smallest --cache-disk-size: room for a few of the largest (8 MiB) blocks.
+const MIN_CACHE_DISK_SIZE: u64 = 64 << 20;
+
+/// The disk cache settings, checked (before a mount forks, so that mistakes show at once).
+/// None without --cache-dir.
+fn cache_config(c: &CacheArgs, mountpoint: &Path) -> anyhow::Result<Option<CacheConfig>> {
+    let Some(dir) = &c.cache_dir else {
+        if c.writeback {
+            bail!("--writeback needs --cache-dir DIR: blocks wait there, on local disk, until they are uploaded");
+        }
+        if c.cache_disk_size.is_some() {
+            bail!("--cache-disk-size is the size of the disk cache: give its folder with --cache-dir DIR too");
+        }
+        return Ok(None);
+    };
+    let capacity = c.cache_disk_size.unwrap_or(DEFAULT_CACHE_DISK_SIZE);
+    if capacity < MIN_CACHE_DISK_SIZE {
+        bail!("--cache-disk-size of {capacity} bytes is too small: give at least 64MiB, e.g. --cache-disk-size 10GiB");
+    }
+    let dir = std::path::absolute(dir)
+        .with_context(|| format!("resolve --cache-dir {}", dir.display()))?;
+    if dir.starts_with(mountpoint) {
+        bail!(
+            "--cache-dir {} is inside the mount point {}: choose a folder on a local disk outside it",
+            dir.display(),
+            mountpoint.display()
+        );
+    }
+    Ok(Some(CacheConfig {
+        dir,
+        capacity,
+        writeback: c.writeback,
+    }))
+}
+
+/// The disk cache flags again, for a re-run of this binary.
+fn cache_args(c: &CacheArgs) -> Vec<String> {
+    let mut args = Vec::new();
+    if let Some(dir) = &c.cache_dir {
+        args.extend(["--cache-dir".into(), dir.display().to_string()]);
+    }
+    if let Some(size) = c.cache_disk_size {
+        args.extend(["--cache-disk-size".into(), size.to_string()]);
+    }
+    if c.writeback {
+        args.push("--writeback".into());
+    }
+    args
+}
+
+/// Uploads the blocks an earlier run left staged in the disk cache (a crash, or a stop before
+/// its uploads finished), before the mount serves. The store is opened here and closed again,
+/// releasing the cache folder for the client.
+async fn upload_staged(
+    cfg: &StoreConfig,
+    volume: &str,
+    key: Option<&[u8; 32]>,
+) -> anyhow::Result<()> {
+    // Staged blocks are already encoded: the codec only decodes an object found already there,
+    // to compare it, which needs the key of an encrypted volume.
+    let mut codec = BlockCodec::new(Compression::None);
+    if let Some(key) = key {
+        codec = codec.with_key(key);
+    }
+    let store = BlockStore::open(cfg, volume, codec).map_err(|e| anyhow!("{e}"))?;
+    if let (Some(cache), Some(c)) = (store.cache(), &cfg.cache) {
+        let u = cache.usage();
+        info!(
+            dir = %cache.dir().display(),
+            capacity = u.capacity,
+            writeback = c.writeback,
+            cached_blocks = u.clean_count,
+            cached_bytes = u.clean_bytes,
+            staged_blocks = u.staged_count,
+            staged_bytes = u.staged_bytes,
+            "disk cache"
+        );
+    }
+    let (count, bytes) = store.writeback_pending();
+    if count == 0 {
+        return Ok(());
+    }
+    info!(
+        count,
+        bytes, "uploading the blocks left in the disk cache by an earlier run before mounting"
+    );
+    store.check().await.map_err(|e| anyhow!("{e}"))?;
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (count, bytes) = store.writeback_pending();
+            info!(
+                count,
+                bytes, "still uploading blocks left by an earlier run"
+            );
+        }
+    };
+    tokio::select! {
+        result = store.drain_writeback() => match result {
+            Ok(()) => info!(count, "uploaded the blocks left by an earlier run"),
+            // Logged by the uploader too; the blocks concerned cannot be uploaded at all, and
+            // refusing to mount would not bring them back.
+            Err(e) => tracing::error!("some blocks left by an earlier run could not be uploaded: {e}"),
+        },
+        () = progress => {}
+    }
+    Ok(())
 }
 
 fn client_name(mountpoint: &Path) -> String {
@@ -323,6 +435,7 @@ fn default_log(name: &str) -> PathBuf {
 
 fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
+    let cache = cache_config(&a.disk_cache, &mountpoint)?;
     if !a.foreground {
         cairn_fuse::check_mountpoint(&mountpoint, a.nonempty)?;
         let log = a
@@ -362,9 +475,16 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
                 retry_for: a.meta_timeout,
                 connect_timeout: Duration::from_secs(5),
             },
-            store_config(&a.store, &a.s3),
+            store_config(&a.store, &a.s3, cache),
         )
     };
+    if cfg.store.cache.is_some() {
+        rt.block_on(upload_staged(
+            &cfg.store,
+            &a.volume,
+            cfg.encryption_key.as_ref(),
+        ))?;
+    }
     let client = rt
         .block_on(Client::connect(cfg))
         .map_err(|e| anyhow!("{}", e.message))?;
@@ -435,6 +555,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&dir).with_context(|| format!("resolve {}", dir.display()))?;
     let state = dir.join(".cairn");
     let mnt = dir.join("mnt");
+    let cache = cache_config(&a.cache, &mnt)?;
     std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
     if state.join("up.pid").exists()
         && std::fs::read_dir(&mnt)
@@ -460,6 +581,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         if let Some(r) = &a.s3.s3_region {
             args.extend(["--s3-region".into(), r.clone()]);
         }
+        args.extend(cache_args(&a.cache));
         daemonize(
             args,
             &log,
@@ -505,8 +627,11 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
             retry_for: Duration::from_secs(600),
             connect_timeout: Duration::from_secs(5),
         },
-        store_config(&store_url, &a.s3),
+        store_config(&store_url, &a.s3, cache),
     );
+    if cfg.store.cache.is_some() {
+        rt.block_on(upload_staged(&cfg.store, "default", None))?;
+    }
     let client = rt
         .block_on(Client::connect(cfg))
         .map_err(|e| anyhow!("{}", e.message))?;

@@ -69,6 +69,9 @@ impl ClientConfig {
 pub struct Opened {
     /// Attributes at open.
     pub attr: Attr,
+    /// The file is as this mount last saw it (same mtime, ctime and size as at its last open
+    /// or commit here): the kernel's cached pages of it are still right and may be kept.
+    pub unchanged: bool,
 }
 
 type UploadResult = Result<BlockRef, RpcError>;
@@ -146,6 +149,8 @@ pub struct Client {
     locked: StdMutex<std::collections::HashSet<Ino>>,
     /// Directory attributes from this mount's own changes, to answer the GETATTR that follows.
     dirs: FreshDirs,
+    /// Each file's (mtime, ctime, size) as of this mount's last open or commit of it.
+    seen: StdMutex<HashMap<Ino, (Timestamp, Timestamp, u64)>>,
     /// Closes not yet sent to the server, and the wake-up of their sender.
     releases: StdMutex<Vec<Ino>>,
     release_wake: Arc<tokio::sync::Notify>,
@@ -157,6 +162,12 @@ pub struct Client {
 /// kernel itself would have kept them ([`FRESH_FOR`]).
 #[derive(Default)]
 struct FreshDirs(StdMutex<HashMap<Ino, (Attr, std::time::Instant)>>);
+
+/// What tells one version of a file from another: a change of contents moves mtime (or size), and
+/// every commit moves ctime.
+fn version(a: &Attr) -> (Timestamp, Timestamp, u64) {
+    (a.mtime, a.ctime, a.size)
+}
 
 /// Blocks left dirty this long are committed in the background, as the kernel writes back
 /// dirty pages.
@@ -259,6 +270,7 @@ impl Client {
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
+            seen: StdMutex::default(),
             releases: StdMutex::default(),
             release_wake: Arc::default(),
         });
@@ -634,12 +646,24 @@ impl Client {
     /// Open a file: the server keeps it alive while open, even if unlinked.
     pub async fn open(&self, ino: Ino) -> Result<Opened, RpcError> {
         let attr = self.call_attr(Request::Open { ino }).await?;
+        let mut unchanged = false;
         if attr.kind == FileKind::File {
             self.track_open(&attr).await;
+            unchanged = self.saw(&attr) == Some(version(&attr));
         }
         Ok(Opened {
             attr: self.overlay(attr).await,
+            unchanged,
         })
+    }
+
+    /// Remember `attr` as the file's current version here; returns the one remembered before.
+    fn saw(&self, attr: &Attr) -> Option<(Timestamp, Timestamp, u64)> {
+        let mut seen = self.seen.lock().expect("seen lock");
+        if seen.len() >= 65_536 {
+            seen.clear();
+        }
+        seen.insert(attr.ino, version(attr))
     }
 
     /// Close one open of a file: commits buffered writes, then tells the server.
@@ -682,6 +706,35 @@ impl Client {
         }
     }
 
+    /// The mount is going away: send the closes still queued, then end the session so that its
+    /// locks and opens are released now.
+    pub async fn shutdown(&self) {
+        self.flush_releases().await;
+        let (count, bytes) = self.store.writeback_pending();
+        if count > 0 {
+            tracing::info!(
+                count,
+                bytes,
+                "uploading the blocks still staged in the writeback cache"
+            );
+            match tokio::time::timeout(Duration::from_secs(30), self.store.drain_writeback()).await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => warn!("staged blocks not uploaded: {e}"),
+                Err(_) => {
+                    let (count, _) = self.store.writeback_pending();
+                    warn!(count, "staged blocks left in the cache folder: the next mount with it uploads them")
+                }
+            }
+        }
+        if let Err(e) = self.rpc.end_session().await {
+            warn!(
+                "could not end the session (it expires by itself): {}",
+                e.message
+            );
+        }
+    }
+
     /// Send the releases still queued (before the mount goes away).
     pub async fn flush_releases(&self) {
         let batch = std::mem::take(&mut *self.releases.lock().expect("releases lock"));
@@ -691,10 +744,14 @@ impl Client {
         futures::future::join_all(sends).await;
     }
 
-    /// fsync: flush, then make the metadata server's commits durable even when it runs
-    /// without `--sync`.
+    /// fsync: flush, wait until blocks staged in the writeback cache are in the object store,
+    /// then make the metadata server's commits durable even when it runs without `--sync`.
     pub async fn fsync(&self, ino: Ino) -> Result<(), RpcError> {
         self.flush(ino).await?;
+        self.store
+            .drain_writeback()
+            .await
+            .map_err(|e| io_err(format!("upload staged blocks: {e}")))?;
         self.sync().await
     }
 
@@ -919,6 +976,7 @@ impl Client {
         for r in refs {
             inner.map.insert(r.index, r);
         }
+        self.saw(&attr);
         for i in chosen {
             inner.pending.remove(&i);
         }
@@ -1180,27 +1238,36 @@ impl Client {
         Ok(data.len() as u32)
     }
 
-    /// A block's share of the write budget. When it is spent, this file's blocks are committed
-    /// first (which gives its shares back) and the flusher is woken for the other files'.
+    /// A block's share of the write budget. When it is spent: first this file's finished uploads
+    /// are committed (which gives their shares back), then, as a last resort, its partly written
+    /// blocks are uploaded and committed too; and the flusher is woken for the other files'.
     async fn buffer_permit(
         &self,
         ino: Ino,
         inner: &mut FileInner,
     ) -> Result<OwnedSemaphorePermit, RpcError> {
-        if let Ok(p) = self.buffers.clone().try_acquire_owned() {
-            if self.buffers.available_permits() < self.buffer_blocks / 4 {
-                self.flusher_wake.notify_one();
+        loop {
+            if let Ok(p) = self.buffers.clone().try_acquire_owned() {
+                if self.buffers.available_permits() < self.buffer_blocks / 4 {
+                    self.flusher_wake.notify_one();
+                }
+                return Ok(p);
             }
-            return Ok(p);
+            self.flusher_wake.notify_one();
+            if !inner.pending.is_empty() {
+                self.commit_pending(ino, inner, false).await?;
+            } else if !inner.dirty.is_empty() {
+                self.flush_locked(ino, inner).await?;
+            } else {
+                // Other files hold the whole budget: the flusher gives it back.
+                return Ok(self
+                    .buffers
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"));
+            }
         }
-        self.flusher_wake.notify_one();
-        self.flush_locked(ino, inner).await?;
-        Ok(self
-            .buffers
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed"))
     }
 
     /// Commit, in the background, the blocks of files left dirty for [`DIRTY_FOR`], and of every

@@ -57,6 +57,8 @@ pub struct MetaClient {
     generation: AtomicU64,
     volume: StdMutex<Option<VolumeInfo>>,
     lost: AtomicBool,
+    /// The session was ended by [`MetaClient::end_session`].
+    ended: AtomicBool,
     /// Mutations sent and not yet answered: the lowest bounds what the server must remember.
     inflight: StdMutex<BTreeSet<u64>>,
     heartbeat_ms: AtomicU64,
@@ -84,6 +86,7 @@ impl MetaClient {
             generation: AtomicU64::new(0),
             volume: StdMutex::new(None),
             lost: false.into(),
+            ended: false.into(),
             inflight: StdMutex::default(),
             heartbeat_ms: AtomicU64::new(0),
         });
@@ -258,6 +261,13 @@ impl MetaClient {
         }
     }
 
+    /// End this client's session on the server (the mount is going away): its locks and opens
+    /// are released now rather than at expiry. Heartbeats stop.
+    pub async fn end_session(&self) -> Result<(), RpcError> {
+        self.ended.store(true, Ordering::Release);
+        self.call(Request::EndSession).await.map(|_| ())
+    }
+
     /// Drop the current connection (e.g. the server says the session is gone).
     pub async fn reset(&self) {
         *self.conn.lock().await = None;
@@ -317,12 +327,14 @@ impl MetaClient {
     }
 }
 
-/// Keep the session alive while the client exists.
+/// Keep the session alive while the client exists and has not ended it.
 async fn heartbeat(client: std::sync::Weak<MetaClient>) {
     loop {
         let every = match client.upgrade() {
-            Some(c) => Duration::from_millis(c.heartbeat_ms.load(Ordering::Relaxed).max(100)),
-            None => return,
+            Some(c) if !c.ended.load(Ordering::Acquire) => {
+                Duration::from_millis(c.heartbeat_ms.load(Ordering::Relaxed).max(100))
+            }
+            _ => return,
         };
         tokio::time::sleep(every).await;
         let Some(c) = client.upgrade() else { return };

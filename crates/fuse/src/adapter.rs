@@ -211,13 +211,14 @@ impl Filesystem for CairnFuse {
     }
 
     fn destroy(&mut self) {
-        // Closes the server has not heard of yet; if this fails the session's expiry frees them.
+        // Closes the server has not heard of yet, and the session's end; if this fails, the
+        // session's expiry frees its locks and opens.
         // Called from within the runtime's context: wait for it on a thread of its own.
         let (c, rt) = (self.client.clone(), self.rt.clone());
         let _ = std::thread::spawn(move || {
-            rt.block_on(async move {
-                tokio::time::timeout(Duration::from_secs(5), c.flush_releases()).await
-            })
+            rt.block_on(
+                async move { tokio::time::timeout(Duration::from_secs(40), c.shutdown()).await },
+            )
         })
         .join();
     }
@@ -423,7 +424,9 @@ impl Filesystem for CairnFuse {
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.spawn("open", ino.0, move |c| async move {
             match c.open(ino.0).await {
-                // No KEEP_CACHE: each open drops the kernel's page cache (close-to-open).
+                // Close-to-open: the kernel's page cache of the file is dropped at open, unless
+                // the file is the version this mount last saw (then its pages are still right).
+                Ok(o) if o.unchanged => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
                 Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
                 Err(e) => reply.error(reply_err("open", &e)),
             }

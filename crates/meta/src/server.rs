@@ -510,6 +510,24 @@ async fn connection(
             });
             continue;
         }
+        if let Request::EndSession = env.request {
+            shared.seen.lock().expect("sessions lock").remove(&sess);
+            let fs = shared.fs.clone();
+            let r = tokio::task::spawn_blocking(move || {
+                fs.store().write(|t| fs.end_session_in(t, sess))
+            })
+            .await;
+            let resp: Response = match r {
+                Ok(Ok(())) => {
+                    info!(session = sess, "session ended by its mount");
+                    Ok(Reply::Empty)
+                }
+                Ok(Err(e)) => Err(e),
+                Err(e) => Err(RpcError::new(ErrorCode::Io, e.to_string())),
+            };
+            tx.send(frame::encode(id, &resp)?).await?;
+            continue;
+        }
         if let Request::Heartbeat = env.request {
             let known = shared
                 .seen
@@ -801,8 +819,8 @@ pub fn apply_in<S: MetaStore>(
             size,
             mtime,
         } => Reply::Attr(fs.commit_write_in(t, *ino, blocks, *size, *mtime)?),
-        Request::SetLock { ino, lock } => {
-            fs.set_lock_in(t, *ino, session, lock)?;
+        Request::SetLock { ino, lock, wait } => {
+            fs.set_lock_in(t, *ino, session, lock, *wait)?;
             Reply::Empty
         }
         other => {

@@ -393,6 +393,9 @@ pub enum Request {
     /// Keep the session alive; a session not heard from for the expiry time is ended and its
     /// locks and opens released.
     Heartbeat,
+    /// The mount is going away: end its session now (release its locks and opens) rather than
+    /// at expiry.
+    EndSession,
     /// Take, change or drop a lock without waiting (`WouldBlock` if another owner holds a
     /// conflicting one; the client polls for F_SETLKW).
     SetLock {
@@ -455,6 +458,7 @@ impl Request {
                 | Request::ListXattr { .. }
                 | Request::GetBlocks { .. }
                 | Request::Heartbeat
+                | Request::EndSession
                 | Request::GetLock { .. }
                 | Request::Backup { .. }
                 | Request::Sync
@@ -487,6 +491,7 @@ impl Request {
             Request::GetBlocks { .. } => "getblocks",
             Request::CommitWrite { .. } => "commitwrite",
             Request::Heartbeat => "heartbeat",
+            Request::EndSession => "end_session",
             Request::SetLock { .. } => "setlock",
             Request::GetLock { .. } => "getlock",
             Request::Backup { .. } => "backup",

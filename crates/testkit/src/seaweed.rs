@@ -7,6 +7,9 @@
 //! telemetry (no outside traffic). `weed` also creates unix sockets named by port in /tmp
 //! (`/tmp/seaweedfs-<service>-<port>.sock`) that it does not remove when killed: Drop removes ours.
 //!
+//! [`SeaweedFs::kill`] and [`SeaweedFs::restart`] take the store away and bring it back on the
+//! same ports and data, as an outage would.
+//!
 //! Buckets are not created on upload (`-s3.autoCreateBucket=false`), so a client pointed at a
 //! missing bucket gets `NoSuchBucket`, as against a real S3.
 
@@ -28,6 +31,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A running `weed mini` with its own folder and ports. Drop kills it (SIGKILL) and removes both.
 pub struct SeaweedFs {
     proc: Option<Proc>,
+    /// `-name=port` flags, reused by a restart.
+    named: Vec<(&'static str, u16)>,
+    /// The data folder of the run that came up, reused by a restart.
+    data: PathBuf,
     ports: Vec<u16>,
     s3_port: u16,
     endpoint: String,
@@ -44,13 +51,19 @@ impl SeaweedFs {
         let dir = test_dir("seaweedfs");
         let mut last_error = String::new();
         for attempt in 1..=ATTEMPTS {
-            match try_start(&dir, attempt) {
-                Ok((proc, ports, s3_port)) => {
+            let data = dir.subdir(&format!("data{attempt}"));
+            let named = free_ports();
+            match launch(dir.path(), &data, &named, &format!("attempt {attempt}")) {
+                Ok(proc) => {
+                    let s3_port = port_of(&named, "s3.port");
+                    let ports = named.iter().map(|(_, p)| *p).collect();
                     let endpoint = format!("http://127.0.0.1:{s3_port}");
                     let client = S3Client::new(&endpoint, ACCESS_KEY, SECRET_KEY, REGION);
                     let log = proc.log().to_path_buf();
                     return SeaweedFs {
                         proc: Some(proc),
+                        named,
+                        data,
                         ports,
                         s3_port,
                         endpoint,
@@ -145,6 +158,36 @@ impl SeaweedFs {
         self.remove_sockets();
     }
 
+    /// True while the server process runs.
+    pub fn is_running(&mut self) -> bool {
+        self.proc.as_mut().is_some_and(|p| p.is_running())
+    }
+
+    /// Starts the server again (after [`SeaweedFs::kill`]; kills it first if it runs) on the
+    /// same ports and data folder, so buckets and objects are kept and clients need no new
+    /// settings. Waits until S3 answers; panics with the log tail if it does not.
+    pub fn restart(&mut self) {
+        self.kill();
+        let mut last = String::new();
+        // A port may linger briefly after the kill: a few tries.
+        for attempt in 1..=ATTEMPTS {
+            match launch(
+                self.dir.path(),
+                &self.data,
+                &self.named,
+                &format!("restart {attempt}"),
+            ) {
+                Ok(proc) => {
+                    self.proc = Some(proc);
+                    return;
+                }
+                Err(e) => last = e,
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        panic!("SeaweedFS did not restart on its ports after {ATTEMPTS} tries: {last}");
+    }
+
     fn remove_sockets(&self) {
         remove_sockets(&self.ports);
     }
@@ -179,12 +222,10 @@ fn remove_sockets(ports: &[u16]) {
     }
 }
 
-fn try_start(dir: &TestDir, attempt: usize) -> Result<(Proc, Vec<u16>, u16), String> {
-    let data = dir.subdir(&format!("data{attempt}"));
-    let glog = dir.subdir("glog");
-    let log = dir.path().join("weed.log");
+/// Free ports for every service `weed mini` opens, as `-name=port` flags.
+fn free_ports() -> Vec<(&'static str, u16)> {
     let admin = free_port_with_offset(10_000);
-    let named: Vec<(&str, u16)> = vec![
+    vec![
         ("master.port", free_port()),
         ("master.port.grpc", free_port()),
         ("volume.port", free_port()),
@@ -195,12 +236,28 @@ fn try_start(dir: &TestDir, attempt: usize) -> Result<(Proc, Vec<u16>, u16), Str
         ("s3.port.grpc", free_port()),
         ("admin.port", admin),
         ("admin.port.grpc", admin + 10_000),
-    ];
-    let s3_port = named
+    ]
+}
+
+fn port_of(named: &[(&str, u16)], name: &str) -> u16 {
+    named
         .iter()
-        .find(|(n, _)| *n == "s3.port")
+        .find(|(n, _)| *n == name)
         .map(|(_, p)| *p)
-        .expect("s3.port");
+        .expect("every service has a port")
+}
+
+/// Runs `weed mini` over `data` on the `named` ports and waits until S3 answers.
+fn launch(
+    dir: &Path,
+    data: &Path,
+    named: &[(&'static str, u16)],
+    what: &str,
+) -> Result<Proc, String> {
+    let glog = dir.join("glog");
+    let _ = std::fs::create_dir_all(&glog);
+    let log = dir.join("weed.log");
+    let s3_port = port_of(named, "s3.port");
     let ports: Vec<u16> = named.iter().map(|(_, p)| *p).collect();
 
     let mut cmd = Command::new("weed");
@@ -218,7 +275,7 @@ fn try_start(dir: &TestDir, attempt: usize) -> Result<(Proc, Vec<u16>, u16), Str
             "-s3.autoCreateBucket=false",
         ])
         .args(named.iter().map(|(n, p)| format!("-{n}={p}")))
-        .current_dir(&data)
+        .current_dir(data)
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY);
     let mut proc = Proc::spawn("weed mini", cmd, &log).map_err(|e| {
@@ -239,13 +296,13 @@ fn try_start(dir: &TestDir, attempt: usize) -> Result<(Proc, Vec<u16>, u16), Str
         if let Some(st) = proc.try_status() {
             remove_sockets(&ports);
             return Err(format!(
-                "weed mini exited ({st}) during start (attempt {attempt}); log {}:\n{}",
+                "weed mini exited ({st}) during start ({what}); log {}:\n{}",
                 log.display(),
                 crate::logs::tail(&log, 30)
             ));
         }
         match client.list_buckets() {
-            Ok(_) => return Ok((proc, ports, s3_port)),
+            Ok(_) => return Ok(proc),
             Err(e) => last = e.to_string(),
         }
         std::thread::sleep(Duration::from_millis(100));
