@@ -278,7 +278,7 @@ run_fsx() { # run_fsx NAME DIR SEED: sets FSX_RESULT_<NAME>
     local name=$1 dir=$2 seed=$3 start rc secs
     mkdir -p "$dir/fsx-$name" "$WORK/fsx-$name-artifacts"
     start=$SECONDS
-    timeout --kill-after=30 "$FSX_TIMEOUT" fsx -N "$FSX_OPS" -S "$seed" -l 1048576 \
+    timeout --kill-after=30 "$FSX_TIMEOUT" fsx -N "$FSX_OPS" -S "$seed" -f "$WORK/fsx.toml" \
         -P "$WORK/fsx-$name-artifacts" "$dir/fsx-$name/file" >"$WORK/fsx-$name.txt" 2>&1 </dev/null
     rc=$?
     secs=$((SECONDS - start))
@@ -299,6 +299,19 @@ fsx_result() { # fsx_result NAME: the summary line (run in a subshell: the calle
         ;;
     esac
 }
+# Files up to 1 MiB (4 blocks), operations up to 128 KiB, and besides fsx's default reads, writes,
+# mapped reads and writes and truncates: closes and reopens (close-to-open, flush at close),
+# fsync, fdatasync and copy_file_range.
+cat >"$WORK/fsx.toml" <<'EOF'
+flen = 1048576
+[opsize]
+max = 131072
+[weights]
+close_open = 2
+fsync = 1
+fdatasync = 1
+copy_file_range = 1
+EOF
 FSX_RESULT="not run"
 FSX_WB_RESULT="not run"
 if mount_alive "the pjdfstest run"; then

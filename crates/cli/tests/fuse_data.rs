@@ -419,3 +419,52 @@ fn second_mount_sees_writes_after_close() {
     );
     drop(m2);
 }
+
+/// fallocate: mode 0 makes the file long enough (the new range reads as zeros, data before it is
+/// kept) and never shrinks it; KEEP_SIZE is accepted and changes nothing; punching a hole is
+/// refused with EOPNOTSUPP.
+#[test]
+fn fallocate_extends_and_keeps_data() {
+    use std::os::unix::io::AsRawFd;
+    let Some(c) = s3_cluster() else { return };
+    let path = c.join("falloc");
+    let f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("create");
+    f.write_all_at(b"head", 0).expect("write");
+    let fd = f.as_raw_fd();
+    let falloc = |mode: i32, off: i64, len: i64| {
+        // SAFETY: fd is open for the whole closure's use; fallocate only reads its arguments.
+        let r = unsafe { libc::fallocate(fd, mode, off, len) };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    falloc(0, 1 << 20, 5 << 20).expect("fallocate mode 0");
+    assert_eq!(f.metadata().expect("stat").len(), 6 << 20);
+    falloc(0, 0, 100).expect("fallocate inside the file");
+    assert_eq!(f.metadata().expect("stat").len(), 6 << 20, "never shrinks");
+    falloc(libc::FALLOC_FL_KEEP_SIZE, 0, 64 << 20).expect("KEEP_SIZE");
+    assert_eq!(f.metadata().expect("stat").len(), 6 << 20);
+    let e = falloc(
+        libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+        0,
+        4096,
+    )
+    .expect_err("punch hole");
+    assert_eq!(errno(&e), libc::EOPNOTSUPP);
+    drop(f);
+    let data = std::fs::read(&path).expect("read back");
+    assert_eq!(data.len(), 6 << 20);
+    assert_eq!(&data[..4], b"head");
+    assert!(
+        data[4..].iter().all(|b| *b == 0),
+        "the allocated range reads as zeros"
+    );
+}

@@ -793,6 +793,47 @@ impl Filesystem for CairnFuse {
         });
     }
 
+    fn fallocate(
+        &self,
+        req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        // Object storage has no space to reserve: allocating means making the file long enough
+        // (the new range reads as zeros, a hole). Punching holes and zeroing ranges are not
+        // supported.
+        if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let Some(end) = offset.checked_add(length).filter(|e| *e <= i64::MAX as u64) else {
+            return reply.error(Errno::EFBIG);
+        };
+        if mode & libc::FALLOC_FL_KEEP_SIZE != 0 {
+            return reply.ok();
+        }
+        let who = caller(req);
+        self.spawn("fallocate", ino.0, move |c| async move {
+            let grow = match c.getattr(ino.0).await {
+                Ok(a) => a.size < end,
+                Err(e) => return reply.error(reply_err("fallocate", &e)),
+            };
+            if grow {
+                let set = SetAttr {
+                    size: Some(end),
+                    ..SetAttr::default()
+                };
+                if let Err(e) = c.setattr(ino.0, set, who).await {
+                    return reply.error(reply_err("fallocate", &e));
+                }
+            }
+            reply.ok()
+        });
+    }
+
     fn create(
         &self,
         req: &Request,
