@@ -468,3 +468,37 @@ fn fallocate_extends_and_keeps_data() {
         "the allocated range reads as zeros"
     );
 }
+
+/// O_APPEND writes through one descriptor while another descriptor of the file is opened, read
+/// and closed, and the file is stat'ed: no append may land on an earlier one. (The close
+/// committed the appends while the stat was under way, the stat reported the size from before
+/// that commit, and the kernel placed the next append at that older end.)
+#[test]
+fn append_survives_a_concurrent_close_and_stat() {
+    use std::io::Read;
+    let Some(c) = s3_cluster() else { return };
+    for trial in 0..5 {
+        let path = c.join(format!("append-{trial}"));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open for appending");
+        let mut expect = Vec::new();
+        for _ in 0..20 {
+            f.write_all(&[b'x'; 1000]).expect("append x");
+            expect.extend_from_slice(&[b'x'; 1000]);
+            let mut other = File::open(&path).expect("second descriptor");
+            let mut buf = Vec::new();
+            other.read_to_end(&mut buf).expect("read");
+            drop(other);
+            f.write_all(&[b'y'; 1000]).expect("append y");
+            expect.extend_from_slice(&[b'y'; 1000]);
+            std::fs::metadata(&path).expect("stat");
+        }
+        drop(f);
+        let got = std::fs::read(&path).expect("read back");
+        assert_eq!(got.len(), expect.len(), "trial {trial}: appends were lost");
+        assert!(got == expect, "trial {trial}: contents differ");
+    }
+}

@@ -112,6 +112,8 @@ struct FileInner {
     ra_issued_to: u64,
     /// First error of a background upload, reported at the next flush.
     error: Option<RpcError>,
+    /// The mount's commit counter at this file's last commit (see [`Client::overlay`]).
+    last_commit: u64,
 }
 
 struct FileState {
@@ -149,6 +151,8 @@ pub struct Client {
     locked: StdMutex<std::collections::HashSet<Ino>>,
     /// Directory attributes from this mount's own changes, to answer the GETATTR that follows.
     dirs: FreshDirs,
+    /// Counts commits of file data, mount-wide.
+    commits: std::sync::atomic::AtomicU64,
     /// Each file's (mtime, ctime, size) as of this mount's last open or commit of it.
     seen: StdMutex<HashMap<Ino, (Timestamp, Timestamp, u64)>>,
     /// Closes not yet sent to the server, and the wake-up of their sender.
@@ -271,6 +275,7 @@ impl Client {
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
             seen: StdMutex::default(),
+            commits: Default::default(),
             releases: StdMutex::default(),
             release_wake: Arc::default(),
         });
@@ -315,11 +320,14 @@ impl Client {
         self.files.lock().expect("files lock").get(&ino).cloned()
     }
 
-    /// Overlay this mount's uncommitted size and mtime on server attributes.
-    async fn overlay(&self, mut attr: Attr) -> Attr {
+    /// Overlay this mount's size and mtime on server attributes fetched when the commit counter
+    /// stood at `before`: while the file has uncommitted changes, and also when one of its
+    /// commits landed after the request went out (the server's answer may predate it; handing
+    /// the kernel that older, shorter size would put the next O_APPEND write over the last one).
+    async fn overlay(&self, mut attr: Attr, before: u64) -> Attr {
         if let Some(f) = self.file(attr.ino) {
             let inner = f.inner.lock().await;
-            if inner.changed {
+            if inner.changed || inner.last_commit > before {
                 attr.size = inner.size;
                 if let Some(m) = inner.mtime {
                     attr.mtime = m;
@@ -332,13 +340,19 @@ impl Client {
 
     /// Find `name` in `parent`.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
+        let before = self.commit_count();
         let a = self
             .call_attr(Request::Lookup {
                 parent,
                 name: name.to_vec(),
             })
             .await?;
-        Ok(self.overlay(a).await)
+        Ok(self.overlay(a, before).await)
+    }
+
+    /// The mount's commit counter now (see [`Client::overlay`]).
+    fn commit_count(&self) -> u64 {
+        self.commits.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Attributes of `ino`.
@@ -346,8 +360,9 @@ impl Client {
         if let Some(a) = self.dirs.get(ino) {
             return Ok(a);
         }
+        let before = self.commit_count();
         let a = self.call_attr(Request::GetAttr { ino }).await?;
-        Ok(self.overlay(a).await)
+        Ok(self.overlay(a, before).await)
     }
 
     /// Change attributes. A size change first commits this mount's buffered writes.
@@ -471,6 +486,7 @@ impl Client {
         new_name: &[u8],
         caller: Caller,
     ) -> Result<Attr, RpcError> {
+        let before = self.commit_count();
         let a = self
             .call_attr(Request::Link {
                 ino,
@@ -479,7 +495,7 @@ impl Client {
                 caller,
             })
             .await?;
-        Ok(self.overlay(a).await)
+        Ok(self.overlay(a, before).await)
     }
 
     /// New symlink.
@@ -514,6 +530,7 @@ impl Client {
         cookie: u64,
         plus: bool,
     ) -> Result<(Vec<DirEntry>, bool), RpcError> {
+        let before = self.commit_count();
         match self
             .rpc
             .call(Request::ReadDir {
@@ -528,7 +545,7 @@ impl Client {
                 if plus {
                     for e in &mut entries {
                         if let Some(a) = e.attr.take() {
-                            e.attr = Some(self.overlay(a).await);
+                            e.attr = Some(self.overlay(a, before).await);
                         }
                     }
                 }
@@ -645,6 +662,7 @@ impl Client {
 
     /// Open a file: the server keeps it alive while open, even if unlinked.
     pub async fn open(&self, ino: Ino) -> Result<Opened, RpcError> {
+        let before = self.commit_count();
         let attr = self.call_attr(Request::Open { ino }).await?;
         let mut unchanged = false;
         if attr.kind == FileKind::File {
@@ -652,7 +670,7 @@ impl Client {
             unchanged = self.saw(&attr) == Some(version(&attr));
         }
         Ok(Opened {
-            attr: self.overlay(attr).await,
+            attr: self.overlay(attr, before).await,
             unchanged,
         })
     }
@@ -976,6 +994,10 @@ impl Client {
         for r in refs {
             inner.map.insert(r.index, r);
         }
+        inner.last_commit = self
+            .commits
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel)
+            + 1;
         self.saw(&attr);
         for i in chosen {
             inner.pending.remove(&i);
