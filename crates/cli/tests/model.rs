@@ -1257,15 +1257,7 @@ fn model_test(name: &str, store: StoreKind, durability: Durability) {
     let max_ops: usize = env_or("CAIRN_MODEL_OPS", 40);
     let case_secs: u64 = env_or("CAIRN_MODEL_SECS", 75);
     let shrink_secs: u32 = env_or("CAIRN_MODEL_SHRINK_SECS", 240);
-    let seed: u64 = std::env::var("CAIRN_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
+    let seed = seed_from_env_or_time();
     eprintln!(
         "{name}: {cases} cases of up to {max_ops} operations, seed {seed} (replay with \
          CAIRN_TEST_SEED={seed})"

@@ -391,6 +391,19 @@ impl Client {
         self.call_attr(Request::SetAttr { ino, set, caller }).await
     }
 
+    /// fallocate: make the file at least `end` bytes long. Object storage has no space to
+    /// reserve, so the new range is a hole (it reads as zeros).
+    pub async fn allocate(&self, ino: Ino, end: u64, caller: Caller) -> Result<(), RpcError> {
+        if self.getattr(ino).await?.size >= end {
+            return Ok(());
+        }
+        let set = SetAttr {
+            size: Some(end),
+            ..SetAttr::default()
+        };
+        self.setattr(ino, set, caller).await.map(|_| ())
+    }
+
     /// Create a non-directory node. With `open`, the file is also opened for this mount.
     #[allow(clippy::too_many_arguments)]
     pub async fn mknod(
@@ -706,21 +719,13 @@ impl Client {
     async fn release_loop(me: std::sync::Weak<Client>) {
         loop {
             let Some(c) = me.upgrade() else { return };
-            let batch = std::mem::take(&mut *c.releases.lock().expect("releases lock"));
-            if batch.is_empty() {
+            if c.releases.lock().expect("releases lock").is_empty() {
                 let wake = c.release_wake.clone();
                 drop(c);
                 let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
                 continue;
             }
-            let sends = batch
-                .iter()
-                .map(|ino| c.call_empty(Request::Release { ino: *ino }));
-            for (ino, r) in batch.iter().zip(futures::future::join_all(sends).await) {
-                if let Err(e) = r {
-                    warn!(ino, "release failed: {}", e.message);
-                }
-            }
+            c.flush_releases().await;
         }
     }
 
@@ -753,13 +758,17 @@ impl Client {
         }
     }
 
-    /// Send the releases still queued (before the mount goes away).
+    /// Send the releases queued so far, all at once.
     pub async fn flush_releases(&self) {
         let batch = std::mem::take(&mut *self.releases.lock().expect("releases lock"));
         let sends = batch
             .iter()
             .map(|ino| self.call_empty(Request::Release { ino: *ino }));
-        futures::future::join_all(sends).await;
+        for (ino, r) in batch.iter().zip(futures::future::join_all(sends).await) {
+            if let Err(e) = r {
+                warn!(ino, "release failed: {}", e.message);
+            }
+        }
     }
 
     /// fsync: flush, wait until blocks staged in the writeback cache are in the object store,

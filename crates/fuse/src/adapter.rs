@@ -803,9 +803,8 @@ impl Filesystem for CairnFuse {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        // Object storage has no space to reserve: allocating means making the file long enough
-        // (the new range reads as zeros, a hole). Punching holes and zeroing ranges are not
-        // supported.
+        // Mode 0 is `Client::allocate`; KEEP_SIZE alone has nothing to do. Punching holes and
+        // zeroing ranges are not supported.
         if mode & !libc::FALLOC_FL_KEEP_SIZE != 0 {
             return reply.error(Errno::EOPNOTSUPP);
         }
@@ -817,20 +816,10 @@ impl Filesystem for CairnFuse {
         }
         let who = caller(req);
         self.spawn("fallocate", ino.0, move |c| async move {
-            let grow = match c.getattr(ino.0).await {
-                Ok(a) => a.size < end,
-                Err(e) => return reply.error(reply_err("fallocate", &e)),
-            };
-            if grow {
-                let set = SetAttr {
-                    size: Some(end),
-                    ..SetAttr::default()
-                };
-                if let Err(e) = c.setattr(ino.0, set, who).await {
-                    return reply.error(reply_err("fallocate", &e));
-                }
+            match c.allocate(ino.0, end, who).await {
+                Ok(()) => reply.ok(),
+                Err(e) => reply.error(reply_err("fallocate", &e)),
             }
-            reply.ok()
         });
     }
 

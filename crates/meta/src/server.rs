@@ -298,18 +298,21 @@ async fn expiry_loop(shared: Arc<Shared>, timeout: Duration, mut stop: watch::Re
             gone
         };
         for session in expired {
-            let fs = shared.fs.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                fs.store().write(|t| fs.end_session_in(t, session))
-            })
-            .await;
-            match r {
-                Ok(Ok(())) => info!(session, "session expired: its locks and opens are released"),
-                Ok(Err(e)) => warn!(session, "cannot end expired session: {}", e.message),
-                Err(e) => warn!(session, "cannot end expired session: {e}"),
+            match end_session(&shared, session).await {
+                Ok(()) => info!(session, "session expired: its locks and opens are released"),
+                Err(e) => warn!(session, "cannot end expired session: {}", e.message),
             }
         }
     }
+}
+
+/// End `session` now: forget it, and release its locks and opens (expiry, or its mount said so).
+async fn end_session(shared: &Shared, session: u64) -> Result<(), RpcError> {
+    shared.seen.lock().expect("sessions lock").remove(&session);
+    let fs = shared.fs.clone();
+    tokio::task::spawn_blocking(move || fs.store().write(|t| fs.end_session_in(t, session)))
+        .await
+        .map_err(|e| RpcError::new(ErrorCode::Io, e.to_string()))?
 }
 
 /// Run batches of mutations: one transaction and one commit for everything waiting.
@@ -511,20 +514,10 @@ async fn connection(
             continue;
         }
         if let Request::EndSession = env.request {
-            shared.seen.lock().expect("sessions lock").remove(&sess);
-            let fs = shared.fs.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                fs.store().write(|t| fs.end_session_in(t, sess))
-            })
-            .await;
-            let resp: Response = match r {
-                Ok(Ok(())) => {
-                    info!(session = sess, "session ended by its mount");
-                    Ok(Reply::Empty)
-                }
-                Ok(Err(e)) => Err(e),
-                Err(e) => Err(RpcError::new(ErrorCode::Io, e.to_string())),
-            };
+            let resp: Response = end_session(&shared, sess).await.map(|()| {
+                info!(session = sess, "session ended by its mount");
+                Reply::Empty
+            });
             tx.send(frame::encode(id, &resp)?).await?;
             continue;
         }

@@ -335,7 +335,8 @@ impl RedbStore {
             }
             _ => w.txn.commit().map_err(StoreError::from)?,
         }
-        if !durable {
+        // Without a log, the periodic flush makes the database itself durable.
+        if !durable && self.log.is_none() {
             self.dirty.store(true, Ordering::Release);
         }
         if due {

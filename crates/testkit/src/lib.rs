@@ -53,7 +53,7 @@ pub use proc::{processes_mentioning, run_with_timeout, CmdOutput, Proc};
 pub use s3::{S3Client, S3Error, S3Object};
 pub use seaweed::SeaweedFs;
 pub use util::{
-    fill_random, random_bytes, random_file_hash, require_fuse, sha256_bytes, sha256_file, test_dir,
-    test_root, wait_until, write_random_file, Rng, TestDir,
+    fill_random, random_bytes, random_file_hash, require_fuse, seed_from_env_or_time, sha256_bytes,
+    sha256_file, test_dir, test_root, wait_until, write_random_file, Rng, TestDir,
 };
 pub use watchdog::Watchdog;

@@ -169,15 +169,7 @@ impl Rng {
     /// A seed from `CAIRN_TEST_SEED` if set, else from the clock; printed so a failure can be
     /// replayed.
     pub fn from_env_or_time(what: &str) -> Rng {
-        let seed = std::env::var("CAIRN_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
+        let seed = seed_from_env_or_time();
         eprintln!("{what}: seed {seed} (replay with CAIRN_TEST_SEED={seed})");
         Rng::new(seed)
     }
@@ -214,6 +206,19 @@ impl Rng {
             rest.copy_from_slice(&last[..n]);
         }
     }
+}
+
+/// The seed of a randomized test: `CAIRN_TEST_SEED` if set (to replay a run), else the clock.
+pub fn seed_from_env_or_time() -> u64 {
+    std::env::var("CAIRN_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(1)
+        })
 }
 
 /// `len` pseudo-random (incompressible) bytes from `seed`.
