@@ -3,8 +3,10 @@
 //! Steps of a connection:
 //! 1. The client sends `Hello` with its protocol version, volume and, after a reconnect, the
 //!    session it had. The server opens a new session or resumes the old one.
-//! 2. Every later frame is one request; each is executed on the blocking pool (redb calls block)
-//!    and its response written back with the same request id, in completion order.
+//! 2. Every later frame is one request, answered with the same request id, in completion order.
+//!    Point reads (lookup, getattr, ...) are answered on the connection task itself, mutations
+//!    by the committer thread, other reads on the blocking pool. Whoever has the answer writes
+//!    it to the socket ([`ReplySink`]): no hop through another task on the way out.
 //! 3. A malformed frame closes the connection (the client reconnects and resends); it never takes
 //!    the server down.
 //!
@@ -39,9 +41,8 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 use std::time::Instant;
-use tokio::io::{AsyncWriteExt, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 /// Settings of a metadata server.
@@ -114,7 +115,150 @@ struct Job {
     seq: u64,
     acked: u64,
     request: Request,
-    reply: oneshot::Sender<Response>,
+    reply: ReplyTo,
+}
+
+/// Where the answer to a request goes: its connection and its request id.
+struct ReplyTo {
+    sink: Arc<ReplySink>,
+    id: u64,
+    op: &'static str,
+    session: u64,
+}
+
+impl ReplyTo {
+    /// Encode and send the answer (a failed I/O or internal error is also logged here).
+    fn send(self, resp: &Response) {
+        if let Err(e) = resp {
+            if matches!(e.code, ErrorCode::Io | ErrorCode::Internal) {
+                warn!(
+                    op = self.op,
+                    session = self.session,
+                    "request failed: {}",
+                    e.message
+                );
+            }
+        }
+        match frame::encode(self.id, resp) {
+            Ok(buf) => self.sink.send(buf),
+            Err(e) => warn!(op = self.op, "cannot encode reply: {e}"),
+        }
+    }
+}
+
+/// The sending side of a connection. Whoever has an answer (the connection task for point
+/// reads, the committer thread for mutations) writes it straight to the socket when nothing is
+/// queued before it; only what the socket does not take at once is queued for the connection's
+/// writer task. On loopback, handing a reply to another task or thread costs more than writing
+/// it: a commit's answer would otherwise wake two tasks on its way out.
+struct ReplySink {
+    wr: tokio::net::tcp::OwnedWriteHalf,
+    state: Mutex<SinkState>,
+    queued: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct SinkState {
+    /// Frames not yet written, oldest first; `written` bytes of the first are on the socket.
+    queue: std::collections::VecDeque<Vec<u8>>,
+    written: usize,
+    /// The connection is over: answers are dropped (the client resends on its next one).
+    closed: bool,
+}
+
+impl ReplySink {
+    fn new(wr: tokio::net::tcp::OwnedWriteHalf) -> Arc<ReplySink> {
+        Arc::new(ReplySink {
+            wr,
+            state: Mutex::new(SinkState::default()),
+            queued: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Send one encoded frame, in order after every frame sent before it. Never blocks on the
+    /// socket (safe on the committer thread).
+    fn send(&self, buf: Vec<u8>) {
+        let mut st = self.state.lock().expect("sink lock");
+        if st.closed {
+            return;
+        }
+        let mut written = 0;
+        if st.queue.is_empty() {
+            loop {
+                match self.wr.try_write(&buf[written..]) {
+                    Ok(n) if n > 0 => {
+                        written += n;
+                        if written == buf.len() {
+                            return;
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Ok(_) | Err(_) => {
+                        st.closed = true;
+                        return;
+                    }
+                }
+            }
+            st.written = written;
+        }
+        st.queue.push_back(buf);
+        drop(st);
+        self.queued.notify_one();
+    }
+
+    /// Stop sending: what is queued is dropped, later answers too.
+    fn close(&self) {
+        let mut st = self.state.lock().expect("sink lock");
+        st.closed = true;
+        st.queue.clear();
+        drop(st);
+        self.queued.notify_one();
+    }
+
+    /// The writer task: writes what `send` queued, whenever the socket takes more.
+    async fn drain(self: Arc<Self>) {
+        loop {
+            self.queued.notified().await;
+            loop {
+                let blocked = {
+                    let mut guard = self.state.lock().expect("sink lock");
+                    let st = &mut *guard;
+                    if st.closed {
+                        return;
+                    }
+                    let mut blocked = false;
+                    while let Some(front) = st.queue.front() {
+                        match self.wr.try_write(&front[st.written..]) {
+                            Ok(n) if n > 0 => {
+                                st.written += n;
+                                if st.written == front.len() {
+                                    st.queue.pop_front();
+                                    st.written = 0;
+                                }
+                            }
+                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                                blocked = true;
+                                break;
+                            }
+                            Ok(_) | Err(_) => {
+                                st.closed = true;
+                                st.queue.clear();
+                                return;
+                            }
+                        }
+                    }
+                    blocked
+                };
+                if !blocked {
+                    break;
+                }
+                if self.wr.writable().await.is_err() {
+                    self.close();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// The database file in a server's data folder.
@@ -345,13 +489,13 @@ fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
         match result {
             Ok(responses) => {
                 for (job, resp) in batch.into_iter().zip(responses) {
-                    let _ = job.reply.send(resp);
+                    job.reply.send(&resp);
                 }
             }
             Err(e) => {
                 warn!("commit of {} metadata changes failed: {e}", batch.len());
                 for job in batch {
-                    let _ = job.reply.send(Err(RpcError::new(
+                    job.reply.send(&Err(RpcError::new(
                         ErrorCode::Io,
                         format!("commit failed: {e}"),
                     )));
@@ -428,19 +572,8 @@ async fn connection(
 ) -> anyhow::Result<()> {
     let (rd, wr) = sock.into_split();
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
-    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-    let writer = tokio::spawn(async move {
-        let mut wr = BufWriter::new(wr);
-        while let Some(buf) = rx.recv().await {
-            wr.write_all(&buf).await?;
-            // Batch the frames that are ready into one write.
-            while let Ok(more) = rx.try_recv() {
-                wr.write_all(&more).await?;
-            }
-            wr.flush().await?;
-        }
-        Ok::<_, std::io::Error>(())
-    });
+    let sink = ReplySink::new(wr);
+    let writer = tokio::spawn(sink.clone().drain());
     let mut session: Option<u64> = None;
     loop {
         let frame = tokio::select! {
@@ -464,7 +597,7 @@ async fn connection(
             if let Ok(Reply::Hello { session: s, .. }) = &resp {
                 session = Some(*s);
             }
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         }
         let Some(sess) = session else {
@@ -472,7 +605,7 @@ async fn connection(
                 ErrorCode::Internal,
                 "the first request must be Hello",
             ));
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         };
         if let Request::Backup { to } = &env.request {
@@ -493,12 +626,12 @@ async fn connection(
                     }
                     Err(e) => Err(RpcError::new(ErrorCode::Io, format!("{e:#}"))),
                 };
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         }
         if let Request::Sync = env.request {
             // Durable on return: an empty synchronous commit persists every earlier one.
-            let (fs, tx) = (shared.fs.clone(), tx.clone());
+            let (fs, sink) = (shared.fs.clone(), sink.clone());
             tokio::spawn(async move {
                 let resp: Response = match tokio::task::spawn_blocking(move || fs.store().flush())
                     .await
@@ -508,7 +641,7 @@ async fn connection(
                     Err(e) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
                 };
                 if let Ok(buf) = frame::encode(id, &resp) {
-                    let _ = tx.send(buf).await;
+                    sink.send(buf);
                 }
             });
             continue;
@@ -518,7 +651,7 @@ async fn connection(
                 info!(session = sess, "session ended by its mount");
                 Reply::Empty
             });
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         }
         if let Request::Heartbeat = env.request {
@@ -534,7 +667,7 @@ async fn connection(
             } else {
                 Err(RpcError::new(ErrorCode::Stale, "session expired"))
             };
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         }
         // Point reads are a few microseconds of redb: answer them here, without a hop to
@@ -549,50 +682,46 @@ async fn connection(
                 | Request::ReadLink { .. }
         ) {
             let resp = read(&shared.fs, sess, env.request);
-            tx.send(frame::encode(id, &resp)?).await?;
+            sink.send(frame::encode(id, &resp)?);
             continue;
         }
-        let (shared, tx) = (shared.clone(), tx.clone());
-        tokio::spawn(async move {
-            let resp = if env.request.is_mutation() {
-                let (reply, wait) = oneshot::channel();
-                let job = Job {
-                    session: sess,
-                    seq: env.seq,
-                    acked: env.acked,
-                    request: env.request,
-                    reply,
-                };
-                match shared.commits.send(job) {
-                    Ok(()) => wait.await.unwrap_or_else(|_| {
-                        Err(RpcError::new(ErrorCode::Internal, "committer stopped"))
-                    }),
-                    Err(_) => Err(RpcError::new(ErrorCode::Internal, "committer stopped")),
-                }
-            } else {
-                let fs = shared.fs.clone();
-                match tokio::task::spawn_blocking(move || read(&fs, sess, env.request)).await {
-                    Ok(r) => r,
-                    Err(e) => Err(RpcError::new(
-                        ErrorCode::Internal,
-                        format!("{op} failed: {e}"),
-                    )),
-                }
+        let reply = ReplyTo {
+            sink: sink.clone(),
+            id,
+            op,
+            session: sess,
+        };
+        if env.request.is_mutation() {
+            // Straight to the committer thread, which sends the answer itself.
+            let job = Job {
+                session: sess,
+                seq: env.seq,
+                acked: env.acked,
+                request: env.request,
+                reply,
             };
-            if let Err(e) = &resp {
-                if matches!(e.code, ErrorCode::Io | ErrorCode::Internal) {
-                    warn!(op, session = sess, "request failed: {}", e.message);
-                }
+            if let Err(std::sync::mpsc::SendError(job)) = shared.commits.send(job) {
+                job.reply.send(&Err(RpcError::new(
+                    ErrorCode::Internal,
+                    "committer stopped",
+                )));
             }
-            match frame::encode(id, &resp) {
-                Ok(buf) => {
-                    let _ = tx.send(buf).await;
-                }
-                Err(e) => warn!(op, "cannot encode reply: {e}"),
-            }
+            continue;
+        }
+        let fs = shared.fs.clone();
+        tokio::spawn(async move {
+            let resp = match tokio::task::spawn_blocking(move || read(&fs, sess, env.request)).await
+            {
+                Ok(r) => r,
+                Err(e) => Err(RpcError::new(
+                    ErrorCode::Internal,
+                    format!("{op} failed: {e}"),
+                )),
+            };
+            reply.send(&resp);
         });
     }
-    drop(tx);
+    sink.close();
     let _ = writer.await;
     Ok(())
 }
