@@ -502,3 +502,84 @@ fn append_survives_a_concurrent_close_and_stat() {
         assert!(got == expect, "trial {trial}: contents differ");
     }
 }
+
+/// Truncates of a file whose writes are still buffered (not closed, not fsync'd): the mount cuts
+/// its buffers instead of committing them first, so what was written below the new end must
+/// survive, what was past it must read as zeros when the file grows again, and a block being
+/// uploaded when the cut comes must not bring old bytes back. Checked against a model after every
+/// step through the same descriptor, then after close and after a remount.
+#[test]
+fn truncate_of_buffered_writes_matches_local_copy() {
+    let Some(mut c) = s3_cluster() else { return };
+    // The plain case first: a partial block buffered, cut, grown again; the cut-off bytes must
+    // not come back (checked after a remount, so not from the kernel's page cache).
+    let plain = c.join("plain");
+    let f = File::create(&plain).expect("create plain");
+    f.write_all_at(&[7u8; 100_000], 0).expect("write 100 kB");
+    f.set_len(50_000).expect("cut to 50 kB");
+    f.set_len(200_000).expect("grow to 200 kB");
+    drop(f);
+    let mut plain_model = vec![7u8; 50_000];
+    plain_model.resize(200_000, 0);
+    c.remount();
+    assert_file(&plain, 200_000, &sha256_bytes(&plain_model), "cut and grown, after remount");
+
+    let mut rng = Rng::from_env_or_time("truncate_of_buffered_writes_matches_local_copy");
+    let path = c.join("cut");
+    let mut model = random_bytes(rng.next_u64(), (6 * MIB) as usize);
+    std::fs::write(&path, &model).expect("write initial 6 MiB");
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .expect("open rw");
+    for i in 0..120 {
+        if i % 3 == 2 {
+            // A cut: inside a block, on a boundary, to zero, or up past the end.
+            let len = match rng.range(0, 4) {
+                0 => BLOCK * rng.range(0, 4),
+                1 => rng.range(0, 3 * BLOCK),
+                2 => model.len() as u64 + rng.range(0, 2 * MIB),
+                _ => rng.range(0, model.len() as u64 + 1),
+            };
+            f.set_len(len)
+                .unwrap_or_else(|e| panic!("ftruncate #{i} to {len}: {e}"));
+            model.resize(len as usize, 0);
+        } else {
+            // Writes of up to a block and a half, often across a boundary: some fill whole
+            // blocks (uploaded at once), others leave partial blocks buffered.
+            let len = rng.range(1, BLOCK + BLOCK / 2);
+            let off = if i % 2 == 0 {
+                let boundary = BLOCK * rng.range(1, 4);
+                boundary.saturating_sub(rng.range(1, len.max(2)))
+            } else {
+                rng.range(0, model.len() as u64 + MIB)
+            };
+            let data = random_bytes(rng.next_u64(), len as usize);
+            f.write_all_at(&data, off)
+                .unwrap_or_else(|e| panic!("write #{i} of {len} at {off}: {e}"));
+            let end = (off + len) as usize;
+            if end > model.len() {
+                model.resize(end, 0);
+            }
+            model[off as usize..end].copy_from_slice(&data);
+        }
+        let meta = f.metadata().expect("fstat");
+        assert_eq!(meta.len(), model.len() as u64, "size after step #{i}");
+        if !model.is_empty() && i % 4 == 0 {
+            let o = rng.range(0, model.len() as u64);
+            let l = rng.range(1, 2 * BLOCK).min(model.len() as u64 - o) as usize;
+            let mut buf = vec![0u8; l];
+            f.read_exact_at(&mut buf, o).expect("read back");
+            assert!(
+                buf == model[o as usize..o as usize + l],
+                "read of {l} at {o} after step #{i} differs from the model"
+            );
+        }
+    }
+    drop(f);
+    let want = sha256_bytes(&model);
+    assert_file(&path, model.len() as u64, &want, "after close");
+    c.remount();
+    assert_file(&path, model.len() as u64, &want, "after remount");
+}

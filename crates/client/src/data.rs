@@ -371,8 +371,11 @@ impl Client {
         let file = self.file(ino);
         if let Some(f) = &file {
             let mut inner = f.inner.lock().await;
-            if set.size.is_some() || set.mtime.is_some() {
+            if set.mtime.is_some() {
+                // A commit after this would put the time of the writes over the one set here.
                 self.flush_locked(ino, &mut inner).await?;
+            } else if let Some(size) = set.size {
+                self.truncate_buffers(ino, &mut inner, size);
             }
             let a = self
                 .call_attr(Request::SetAttr {
@@ -389,6 +392,56 @@ impl Client {
             return Ok(a);
         }
         self.call_attr(Request::SetAttr { ino, set, caller }).await
+    }
+
+    /// A truncate of a file with buffered writes: instead of committing them first (an upload
+    /// and a commit before the truncate may go out), drop what lies at or past `size` and cut the
+    /// block that `size` falls in. The writes below `size` stay buffered and are committed later
+    /// with the then current size, as if they came after the truncate, which they may, since
+    /// nothing was acknowledged as committed.
+    fn truncate_buffers(&self, ino: Ino, inner: &mut FileInner, size: u64) {
+        let bs = self.bs;
+        let keep_blocks = size.div_ceil(bs);
+        let cut = (size % bs) as usize;
+        // Whole blocks past the end go; their uploads, if started, are garbage.
+        inner.dirty.retain(|&i, _| i < keep_blocks);
+        let gone: Vec<u64> = inner.pending.range(keep_blocks..).map(|(i, _)| *i).collect();
+        for i in gone {
+            let p = inner.pending.remove(&i).expect("listed above");
+            self.discard_pending(ino, p);
+        }
+        if cut != 0 {
+            let last = size / bs;
+            if let Some(buf) = inner.dirty.get_mut(&last) {
+                buf.data.truncate(cut);
+                // Its upload (if any) holds older bytes that the dirty copy replaces anyway.
+                if let Some(p) = inner.pending.remove(&last) {
+                    self.discard_pending(ino, p);
+                }
+            } else if inner.pending.get(&last).is_some_and(|p| p.data.len() > cut) {
+                // An upload of bytes past the new end: back to a buffer, cut, uploaded again.
+                let Pending {
+                    data,
+                    task,
+                    done,
+                    _budget: budget,
+                } = inner.pending.remove(&last).expect("checked above");
+                let mut data = data.to_vec();
+                data.truncate(cut);
+                if inner.dirty.is_empty() {
+                    inner.dirty_since = Some(std::time::Instant::now());
+                }
+                self.discard_upload(ino, done, task);
+                inner.dirty.insert(last, Buf { data, budget });
+            }
+        }
+        if inner.dirty.is_empty() {
+            inner.dirty_since = None;
+        }
+        if !inner.dirty.is_empty() || !inner.pending.is_empty() {
+            // Their commit comes after the truncate: it must not set an older mtime.
+            inner.mtime = Some(Timestamp::now());
+        }
     }
 
     /// fallocate: make the file at least `end` bytes long. Object storage has no space to
@@ -949,9 +1002,19 @@ impl Client {
     }
 
     fn discard_pending(&self, ino: Ino, old: Pending) {
+        self.discard_upload(ino, old.done, old.task);
+    }
+
+    /// Delete the object of an upload that will never be committed, once it is done.
+    fn discard_upload(
+        &self,
+        ino: Ino,
+        done: Option<BlockRef>,
+        task: Option<JoinHandle<UploadResult>>,
+    ) {
         let store = self.store.clone();
         tokio::spawn(async move {
-            let r = match (old.done, old.task) {
+            let r = match (done, task) {
                 (Some(r), _) => Some(r),
                 (None, Some(t)) => t.await.ok().and_then(|r| r.ok()),
                 _ => None,
