@@ -7,7 +7,7 @@
 
 use crate::args::*;
 use anyhow::{anyhow, bail, Context};
-use cairn_blocks::{BlockCodec, BlockStore, CacheConfig, Compression, StoreConfig};
+use cairn_blocks::{CacheConfig, StoreConfig};
 use cairn_client::rpc::RpcConfig;
 use cairn_client::{Client, ClientConfig};
 use cairn_fuse::{CairnFuse, MountOptions, MountedSession};
@@ -99,8 +99,11 @@ fn notify_ready(enabled: bool) {
 }
 
 fn init_logging(file: Option<&Path>) {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG").unwrap_or_else(|_| "info".into());
+    // fuser warns "Failed to umount filesystem" at the end of every session that was
+    // unmounted from outside (`cairn mount stop`, umount), which is how every mount ends: its
+    // session module's only warning, so only errors are kept from it.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CAIRN_LOG")
+        .unwrap_or_else(|_| "info,fuser::session=error".into());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);
@@ -283,65 +286,6 @@ fn cache_args(c: &CacheArgs) -> Vec<String> {
     args
 }
 
-/// Uploads the blocks an earlier run left staged in the disk cache (a crash, or a stop before
-/// its uploads finished), before the mount serves. The store is opened here and closed again,
-/// releasing the cache folder for the client.
-async fn upload_staged(
-    cfg: &StoreConfig,
-    volume: &str,
-    key: Option<&[u8; 32]>,
-) -> anyhow::Result<()> {
-    // Staged blocks are already encoded: the codec only decodes an object found already there,
-    // to compare it, which needs the key of an encrypted volume.
-    let mut codec = BlockCodec::new(Compression::None);
-    if let Some(key) = key {
-        codec = codec.with_key(key);
-    }
-    let store = BlockStore::open(cfg, volume, codec).map_err(|e| anyhow!("{e}"))?;
-    if let (Some(cache), Some(c)) = (store.cache(), &cfg.cache) {
-        let u = cache.usage();
-        info!(
-            dir = %cache.dir().display(),
-            capacity = u.capacity,
-            writeback = c.writeback,
-            cached_blocks = u.clean_count,
-            cached_bytes = u.clean_bytes,
-            staged_blocks = u.staged_count,
-            staged_bytes = u.staged_bytes,
-            "disk cache"
-        );
-    }
-    let (count, bytes) = store.writeback_pending();
-    if count == 0 {
-        return Ok(());
-    }
-    info!(
-        count,
-        bytes, "uploading the blocks left in the disk cache by an earlier run before mounting"
-    );
-    store.check().await.map_err(|e| anyhow!("{e}"))?;
-    let progress = async {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            let (count, bytes) = store.writeback_pending();
-            info!(
-                count,
-                bytes, "still uploading blocks left by an earlier run"
-            );
-        }
-    };
-    tokio::select! {
-        result = store.drain_writeback() => match result {
-            Ok(()) => info!(count, "uploaded the blocks left by an earlier run"),
-            // Logged by the uploader too; the blocks concerned cannot be uploaded at all, and
-            // refusing to mount would not bring them back.
-            Err(e) => tracing::error!("some blocks left by an earlier run could not be uploaded: {e}"),
-        },
-        () = progress => {}
-    }
-    Ok(())
-}
-
 fn client_name(mountpoint: &Path) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     format!("{}:{}", host.trim(), mountpoint.display())
@@ -478,13 +422,6 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
             store_config(&a.store, &a.s3, cache),
         )
     };
-    if cfg.store.cache.is_some() {
-        rt.block_on(upload_staged(
-            &cfg.store,
-            &a.volume,
-            cfg.encryption_key.as_ref(),
-        ))?;
-    }
     let client = rt
         .block_on(Client::connect(cfg))
         .map_err(|e| anyhow!("{}", e.message))?;
@@ -629,9 +566,6 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         },
         store_config(&store_url, &a.s3, cache),
     );
-    if cfg.store.cache.is_some() {
-        rt.block_on(upload_staged(&cfg.store, "default", None))?;
-    }
     let client = rt
         .block_on(Client::connect(cfg))
         .map_err(|e| anyhow!("{}", e.message))?;

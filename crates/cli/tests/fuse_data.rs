@@ -522,7 +522,12 @@ fn truncate_of_buffered_writes_matches_local_copy() {
     let mut plain_model = vec![7u8; 50_000];
     plain_model.resize(200_000, 0);
     c.remount();
-    assert_file(&plain, 200_000, &sha256_bytes(&plain_model), "cut and grown, after remount");
+    assert_file(
+        &plain,
+        200_000,
+        &sha256_bytes(&plain_model),
+        "cut and grown, after remount",
+    );
 
     let mut rng = Rng::from_env_or_time("truncate_of_buffered_writes_matches_local_copy");
     let path = c.join("cut");

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Settings of a mount client.
 #[derive(Clone, Debug)]
@@ -252,6 +252,7 @@ impl Client {
         if volume.encrypted {
             check_key(&store, &volume.name).await?;
         }
+        upload_staged(&store).await;
         let cache = Arc::new(BlockCache::with_weighter(
             (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
             cfg.cache_bytes,
@@ -405,7 +406,11 @@ impl Client {
         let cut = (size % bs) as usize;
         // Whole blocks past the end go; their uploads, if started, are garbage.
         inner.dirty.retain(|&i, _| i < keep_blocks);
-        let gone: Vec<u64> = inner.pending.range(keep_blocks..).map(|(i, _)| *i).collect();
+        let gone: Vec<u64> = inner
+            .pending
+            .range(keep_blocks..)
+            .map(|(i, _)| *i)
+            .collect();
         for i in gone {
             let p = inner.pending.remove(&i).expect("listed above");
             self.discard_pending(ino, p);
@@ -647,10 +652,16 @@ impl Client {
         .await
     }
 
+    /// Whether this mount knows `ino` has no xattr `name` (only `security.capability` is
+    /// remembered: the kernel asks for it before every write).
+    pub fn known_absent_xattr(&self, ino: Ino, name: &[u8]) -> bool {
+        name == b"security.capability" && self.no_caps.lock().expect("caps lock").contains(&ino)
+    }
+
     /// Value of an xattr.
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, RpcError> {
         let caps = name == b"security.capability";
-        if caps && self.no_caps.lock().expect("caps lock").contains(&ino) {
+        if self.known_absent_xattr(ino, name) {
             return Err(ErrorCode::NoXattr.into());
         }
         match self
@@ -1475,6 +1486,51 @@ impl Client {
         };
         base.resize(existing, 0);
         Ok(base)
+    }
+}
+
+/// Uploads the blocks an earlier run left staged in the disk cache (a crash, or a stop before its
+/// uploads finished), before the mount serves: their commits may be lost with that run, but
+/// not their bytes, and new work must not overtake them.
+async fn upload_staged(store: &BlockStore) {
+    if let Some(cache) = store.cache() {
+        let u = cache.usage();
+        info!(
+            dir = %cache.dir().display(),
+            capacity = u.capacity,
+            cached_blocks = u.clean_count,
+            cached_bytes = u.clean_bytes,
+            staged_blocks = u.staged_count,
+            staged_bytes = u.staged_bytes,
+            "disk cache"
+        );
+    }
+    let (count, bytes) = store.writeback_pending();
+    if count == 0 {
+        return;
+    }
+    info!(
+        count,
+        bytes, "uploading the blocks left in the disk cache by an earlier run before mounting"
+    );
+    let progress = async {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let (count, bytes) = store.writeback_pending();
+            info!(
+                count,
+                bytes, "still uploading blocks left by an earlier run"
+            );
+        }
+    };
+    tokio::select! {
+        result = store.drain_writeback() => match result {
+            Ok(()) => info!(count, "uploaded the blocks left by an earlier run"),
+            // Logged by the uploader too; the blocks concerned cannot be uploaded at all, and
+            // refusing to mount would not bring them back.
+            Err(e) => tracing::error!("some blocks left by an earlier run could not be uploaded: {e}"),
+        },
+        () = progress => {}
     }
 }
 

@@ -704,6 +704,11 @@ impl Filesystem for CairnFuse {
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, size: u32, reply: ReplyXattr) {
         let n = name(n);
+        if self.client.known_absent_xattr(ino.0, &n) {
+            // The kernel's check before every write: answered here, not on the runtime.
+            reply.error(Errno::ENODATA);
+            return;
+        }
         self.spawn("getxattr", ino.0, move |c| async move {
             match c.getxattr(ino.0, &n).await {
                 Ok(v) if size == 0 => reply.size(v.len() as u32),
