@@ -14,8 +14,9 @@
 # (then: any failure not in the exclude list, or an excluded test that now passes).
 #
 # Environment: CAIRN_BIN (default target/debug/cairn), PJD_TIMEOUT (900 s), PJD_SKIP=1 (fsx only),
-# FSX_OPS (100000; run 1000000 by hand), FSX_TIMEOUT (2400 s), POSIX_STRICT (0), POSIX_KEEP=1 keeps
-# the work folder,
+# FSX_OPS (100000; run 1000000 by hand), FSX_TIMEOUT (2400 s), FSX_VERBOSE=1 (fsx logs every
+# operation, numbered, to fsx-NAME.txt in the work folder: the progress of a long run),
+# POSIX_STRICT (0), POSIX_KEEP=1 keeps the work folder,
 # POSIX_RESULTS (default target/posix): where the outputs are copied.
 set -uo pipefail
 
@@ -287,7 +288,9 @@ run_fsx() { # run_fsx NAME DIR SEED: sets FSX_RESULT_<NAME>
     local name=$1 dir=$2 seed=$3 start rc secs
     mkdir -p "$dir/fsx-$name" "$WORK/fsx-$name-artifacts"
     start=$SECONDS
-    timeout --kill-after=30 "$FSX_TIMEOUT" fsx -N "$FSX_OPS" -S "$seed" -f "$WORK/fsx.toml" \
+    local verbose=()
+    [[ ${FSX_VERBOSE:-0} == 1 ]] && verbose=(-v)
+    timeout --kill-after=30 "$FSX_TIMEOUT" fsx "${verbose[@]}" -N "$FSX_OPS" -S "$seed" -f "$WORK/fsx.toml" \
         -P "$WORK/fsx-$name-artifacts" "$dir/fsx-$name/file" >"$WORK/fsx-$name.txt" 2>&1 </dev/null
     rc=$?
     secs=$((SECONDS - start))
