@@ -953,3 +953,91 @@ pub fn apply_in<S: MetaStore>(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ReplySink;
+    use std::io::Read;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Frames sent from several threads at once, while the peer does not read (so the socket
+    /// fills and frames queue for the writer task), all arrive whole, and each thread's in the
+    /// order it sent them.
+    #[test]
+    fn frames_from_many_threads_arrive_whole_and_in_order_when_the_socket_fills() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let mut peer =
+            std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+        let (server_side, _) = listener.accept().expect("accept");
+        server_side.set_nonblocking(true).expect("nonblocking");
+        let sink = rt.block_on(async {
+            let sock = tokio::net::TcpStream::from_std(server_side).expect("tokio socket");
+            let (_rd, wr) = sock.into_split();
+            let sink = ReplySink::new(wr);
+            tokio::spawn(sink.clone().drain());
+            sink
+        });
+        const THREADS: u32 = 4;
+        const FRAMES: u32 = 500;
+        let senders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || {
+                    for seq in 0..FRAMES {
+                        // 12-byte header (length, thread, seq) and up to ~40 KiB of filler.
+                        let filler = ((seq * 7919 + t * 104_729) % 40_000) as usize;
+                        let mut f = Vec::with_capacity(12 + filler);
+                        f.extend_from_slice(&((12 + filler) as u32).to_le_bytes());
+                        f.extend_from_slice(&t.to_le_bytes());
+                        f.extend_from_slice(&seq.to_le_bytes());
+                        f.resize(12 + filler, (seq % 251) as u8);
+                        sink.send(f);
+                    }
+                })
+            })
+            .collect();
+        // Let the socket buffers fill before reading anything.
+        std::thread::sleep(Duration::from_millis(300));
+        peer.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
+        let mut next = [0u32; THREADS as usize];
+        let mut got = 0;
+        while got < THREADS * FRAMES {
+            let mut head = [0u8; 12];
+            peer.read_exact(&mut head).expect("frame header");
+            let len = u32::from_le_bytes(head[0..4].try_into().expect("4 bytes")) as usize;
+            let t = u32::from_le_bytes(head[4..8].try_into().expect("4 bytes"));
+            let seq = u32::from_le_bytes(head[8..12].try_into().expect("4 bytes"));
+            let mut body = vec![0u8; len - 12];
+            peer.read_exact(&mut body).expect("frame body");
+            assert!(t < THREADS, "garbled frame header: thread {t}");
+            assert_eq!(seq, next[t as usize], "thread {t}'s frames out of order");
+            assert!(
+                body.iter().all(|&b| b == (seq % 251) as u8),
+                "frame {seq} of thread {t} has foreign bytes"
+            );
+            next[t as usize] += 1;
+            got += 1;
+        }
+        for s in senders {
+            s.join().expect("sender thread");
+        }
+        // After close, sends are dropped quietly and nothing more reaches the peer.
+        sink.close();
+        sink.send(vec![1, 2, 3]);
+        peer.set_read_timeout(Some(Duration::from_millis(200)))
+            .expect("timeout");
+        let mut rest = [0u8; 1];
+        assert!(
+            !matches!(peer.read(&mut rest), Ok(1)),
+            "a frame sent after close reached the peer"
+        );
+        drop(rt);
+    }
+}
