@@ -1201,7 +1201,7 @@ mod tests {
             matches!(
                 &err,
                 BlockError::Corrupt {
-                    reason: crate::codec::CodecError::PayloadChecksum { .. },
+                    reason: crate::codec::CodecError::FrameChecksum { .. },
                     ..
                 }
             ),
@@ -1210,7 +1210,7 @@ mod tests {
         assert!(err.is_permanent());
         assert!(
             err.to_string()
-                .starts_with("block `memory://ed0e/vol/0000000000000001/2.0000000000000003` is corrupt: payload checksum mismatch"),
+                .starts_with("block `memory://ed0e/vol/0000000000000001/2.0000000000000003` is corrupt: frame 1 checksum mismatch"),
             "{err}"
         );
     }
