@@ -12,10 +12,17 @@
 //! continues, and all of them at flush/fsync/close. Reads look in `dirty`, then `pending`, then
 //! the block map (cached per open, refreshed at open: close-to-open consistency) and the
 //! in-memory cache of decoded blocks; sequential reads prefetch a growing window of blocks.
+//!
+//! Random reads (a read that does not start where the last one ended) of a block not in memory
+//! fetch only the 64 KiB frames that hold the bytes asked for ([`BlockStore::get_part`]: one
+//! ranged GET, plus one for the block's frame table the first time), not the whole block, and
+//! keep those frames in the same in-memory cache, keyed by frame, so that a repeated random
+//! read of the same area is served from memory. A whole block in the cache is always used
+//! first. Sequential reads and read-ahead fetch whole blocks.
 
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
-use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, StoreConfig};
+use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, Part, StoreConfig};
 use cairn_proto::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -120,12 +127,23 @@ struct FileState {
     inner: Mutex<FileInner>,
 }
 
-type BlockCache = quick_cache::sync::Cache<(Ino, u64, u64), Bytes, BytesWeighter>;
+/// Key of the in-memory cache: (inode, block index, block version, part), where part is
+/// [`WHOLE`] for a whole decoded block, or the number of one of its [`FRAME`]-byte frames.
+type CacheKey = (Ino, u64, u64, u32);
+
+/// The part of a [`CacheKey`] that names a whole block.
+const WHOLE: u32 = u32::MAX;
+
+/// Bytes of the frames that random reads fetch and cache: the frame size blocks are written
+/// with, so that one cached frame is one decoded frame of the object.
+const FRAME: u64 = cairn_blocks::codec::FRAME_LEN as u64;
+
+type BlockCache = quick_cache::sync::Cache<CacheKey, Bytes, BytesWeighter>;
 
 #[derive(Clone)]
 struct BytesWeighter;
-impl quick_cache::Weighter<(Ino, u64, u64), Bytes> for BytesWeighter {
-    fn weight(&self, _k: &(Ino, u64, u64), v: &Bytes) -> u64 {
+impl quick_cache::Weighter<CacheKey, Bytes> for BytesWeighter {
+    fn weight(&self, _k: &CacheKey, v: &Bytes) -> u64 {
         v.len().max(1) as u64
     }
 }
@@ -253,7 +271,8 @@ impl Client {
             check_key(&store, &volume.name).await?;
         }
         let cache = Arc::new(BlockCache::with_weighter(
-            (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
+            // Whole blocks and frames share the bytes; the count only sizes the table.
+            (cfg.cache_bytes / FRAME).clamp(16, 1 << 16) as usize,
             cfg.cache_bytes,
             BytesWeighter,
         ));
@@ -882,7 +901,7 @@ impl Client {
                 warn!(ino, index, "block upload failed: {e}");
                 io_err(format!("upload block {index} of inode {ino}: {e}"))
             })?;
-            cache.insert((ino, index, version), body);
+            cache.insert((ino, index, version, WHOLE), body);
             Ok(BlockRef {
                 index,
                 version,
@@ -1071,7 +1090,7 @@ impl Client {
     }
 
     async fn fetch(&self, ino: Ino, r: BlockRef) -> Result<Bytes, RpcError> {
-        let key = (ino, r.index, r.version);
+        let key = (ino, r.index, r.version, WHOLE);
         if let Some(b) = self.cache.get(&key) {
             return Ok(b);
         }
@@ -1096,6 +1115,84 @@ impl Client {
         drop(permit);
         let _ = guard.insert(data.clone());
         Ok(data)
+    }
+
+    /// Bytes `[start, end)` of block `r` (within its length), for a random read: from the whole
+    /// block if it is in memory, else from the cached frames that hold them, fetching the ones
+    /// missing (one ranged read of the span between the first and the last missing frame).
+    async fn fetch_range(
+        &self,
+        ino: Ino,
+        r: BlockRef,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, RpcError> {
+        let whole = (ino, r.index, r.version, WHOLE);
+        if let Some(b) = self.cache.get(&whole) {
+            let end = (end as usize).min(b.len());
+            return Ok(b.slice((start as usize).min(end)..end));
+        }
+        let (first, last) = (start / FRAME, (end - 1) / FRAME);
+        let frame_key = |i: u64| (ino, r.index, r.version, i as u32);
+        let mut frames: Vec<Option<Bytes>> = (first..=last)
+            .map(|i| self.cache.get(&frame_key(i)))
+            .collect();
+        let missing_from = frames.iter().position(Option::is_none);
+        let missing_to = frames.iter().rposition(Option::is_none);
+        if let (Some(lo), Some(hi)) = (missing_from, missing_to) {
+            let (lo, hi) = (first + lo as u64, first + hi as u64);
+            let block_len = u64::from(r.len);
+            let span = lo * FRAME..((hi + 1) * FRAME).min(block_len);
+            let permit = self.fetches.acquire().await.expect("never closed");
+            let part = self
+                .store
+                .get_part(&self.key(ino, r.index, r.version), span.clone(), block_len)
+                .await
+                .map_err(|e| {
+                    warn!(
+                        ino,
+                        index = r.index,
+                        version = r.version,
+                        "block read failed: {e}"
+                    );
+                    io_err(format!("read block {} of inode {ino}: {e}", r.index))
+                })?;
+            drop(permit);
+            let got = match part {
+                Part::Range(got) => got,
+                Part::Whole(block) => {
+                    // An object without frames (written by an older cairn) was read whole.
+                    let block = block.slice(..(r.len as usize).min(block.len()));
+                    self.cache.insert(whole, block.clone());
+                    let end = (end as usize).min(block.len());
+                    return Ok(block.slice((start as usize).min(end)..end));
+                }
+            };
+            if got.len() as u64 != span.end - span.start {
+                return Err(io_err(format!(
+                    "read block {} of inode {ino}: the store returned {} bytes for {span:?}",
+                    r.index,
+                    got.len()
+                )));
+            }
+            for i in lo..=hi {
+                let at = ((i - lo) * FRAME) as usize;
+                let frame = got.slice(at..(at + FRAME as usize).min(got.len()));
+                self.cache.insert(frame_key(i), frame.clone());
+                frames[(i - first) as usize] = Some(frame);
+            }
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for (n, frame) in frames.into_iter().enumerate() {
+            let frame = frame.expect("every missing frame was fetched above");
+            let fstart = (first + n as u64) * FRAME;
+            let from = start.max(fstart) - fstart;
+            let to = (end.min(fstart + FRAME) - fstart).min(frame.len() as u64);
+            if from < to {
+                out.extend_from_slice(&frame[from as usize..to as usize]);
+            }
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Bytes of block `index` as the file has them, from `inner`'s buffers, or a ref to fetch.
@@ -1123,6 +1220,8 @@ impl Client {
         enum Src {
             Local(Bytes),
             Remote(BlockRef),
+            /// Bytes `[start, end)` of the block, for a random read.
+            Part(BlockRef, u64, u64),
             Hole,
         }
         let (plan, size, prefetch) = {
@@ -1133,6 +1232,7 @@ impl Client {
             }
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
+            let sequential = offset == inner.next_seq_offset;
             let mut plan = Vec::new();
             for index in first..=last {
                 if let Some(b) = Self::local_block(&inner, index) {
@@ -1143,14 +1243,30 @@ impl Client {
                     self.load_map(ino, &mut inner, index, last - index + 1 + self.max_ra)
                         .await?;
                 }
-                plan.push((
-                    index,
-                    inner.map.get(&index).map_or(Src::Hole, |r| Src::Remote(*r)),
-                ));
+                let src = match inner.map.get(&index) {
+                    None => Src::Hole,
+                    Some(r) if sequential => Src::Remote(*r),
+                    Some(r) => {
+                        // Random access: only the frames that hold the bytes asked for, unless
+                        // the read wants most of the block anyway.
+                        let bstart = index * bs;
+                        let from = offset.max(bstart) - bstart;
+                        let to = (end.min(bstart + bs) - bstart).min(u64::from(r.len));
+                        if from >= to {
+                            // Past the block's data: zeros.
+                            Src::Hole
+                        } else if to - from >= u64::from(r.len) / 2 {
+                            Src::Remote(*r)
+                        } else {
+                            Src::Part(*r, from, to)
+                        }
+                    }
+                };
+                plan.push((index, src));
             }
             // Sequential detection: grow the read-ahead window on each sequential read.
             let mut prefetch = Vec::new();
-            if offset == inner.next_seq_offset && self.max_ra > 0 {
+            if sequential && self.max_ra > 0 {
                 inner.ra_window = (inner.ra_window * 2).clamp(1, self.max_ra);
                 let from = (last + 1).max(inner.ra_issued_to);
                 let to = (last + 1 + inner.ra_window).min(size.div_ceil(bs));
@@ -1186,23 +1302,28 @@ impl Client {
         let fetches = plan.into_iter().map(|(index, src)| {
             let me = self.clone();
             async move {
-                let data = match src {
-                    Src::Local(b) => b,
-                    Src::Hole => Bytes::new(),
+                // The bytes, and the offset in the block of the first of them.
+                let (data, at) = match src {
+                    Src::Local(b) => (b, 0),
+                    Src::Hole => (Bytes::new(), 0),
                     Src::Remote(r) => {
                         let b = me.fetch(ino, r).await?;
-                        b.slice(..(r.len as usize).min(b.len()))
+                        (b.slice(..(r.len as usize).min(b.len())), 0)
                     }
+                    Src::Part(r, from, to) => (me.fetch_range(ino, r, from, to).await?, from),
                 };
-                Ok::<_, RpcError>((index, data))
+                Ok::<_, RpcError>((index, data, at))
             }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
         let mut out = vec![0u8; (end - offset) as usize];
-        for (index, data) in blocks {
-            let bstart = index * bs;
+        for (index, data, at) in blocks {
+            let bstart = index * bs + at;
             let from = offset.max(bstart);
-            let to = end.min(bstart + bs);
+            let to = end.min(index * bs + bs);
+            if from >= to {
+                continue;
+            }
             let src_from = (from - bstart) as usize;
             let src_to = ((to - bstart) as usize).min(data.len());
             if src_from < src_to {
