@@ -170,11 +170,25 @@ fn random_writes_match_local_copy() {
 /// Random reads of a cold mount (each fetches only the frames that hold it, not the whole
 /// block): 400 preads at random offsets, of random lengths (4 KiB, up to 128 KiB, up to 1.5 MiB),
 /// of a 5-block file with compressible and random parts and a hole, match a local copy; so does
-/// a whole read afterwards, which mixes cached frames with whole blocks.
+/// a whole read afterwards, which mixes cached frames with whole blocks. Once with a memory cache
+/// smaller than the file (frames only), once with the default one (the file fits: whole blocks
+/// are fetched in the background too).
 #[test]
 fn random_reads_of_a_cold_mount_match_local_copy() {
-    let Some(mut c) = s3_cluster() else { return };
+    if !require_fuse() {
+        return;
+    }
     let mut rng = Rng::from_env_or_time("random_reads_of_a_cold_mount_match_local_copy");
+    for cache in [Some("8MiB"), None] {
+        let mut builder = Cluster::s3(bin());
+        if let Some(size) = cache {
+            builder = builder.mount_args(&["--cache-size", size]);
+        }
+        random_reads_match(&mut builder.start(), &mut rng);
+    }
+}
+
+fn random_reads_match(c: &mut Cluster, rng: &mut Rng) {
     let path = c.join("frames");
     let size = 5 * BLOCK + 12_345;
     let mut model = random_bytes(rng.next_u64(), size as usize);

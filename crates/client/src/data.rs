@@ -18,7 +18,10 @@
 //! ranged GET, plus one for the block's frame table the first time), not the whole block, and
 //! keep those frames in the same in-memory cache, keyed by frame, so that a repeated random
 //! read of the same area is served from memory. A whole block in the cache is always used
-//! first. Sequential reads and read-ahead fetch whole blocks.
+//! first. Sequential reads and read-ahead fetch whole blocks. When the file fits in half the
+//! memory cache, a random read also fetches its whole block in the background (once the file's
+//! blocks are all in memory every read hits), which frames alone would take many more requests
+//! to reach.
 
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
@@ -163,6 +166,8 @@ pub struct Client {
     flusher_wake: Arc<Notify>,
     fetches: Semaphore,
     max_ra: u64,
+    /// Bytes of the memory cache ([`ClientConfig::cache_bytes`]).
+    cache_bytes: u64,
     /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
     no_caps: StdMutex<std::collections::HashSet<Ino>>,
     /// Inodes this mount has taken locks on: only their closes need to release locks.
@@ -290,6 +295,7 @@ impl Client {
             flusher_wake: Arc::default(),
             fetches: Semaphore::new(cfg.max_fetches.max(1)),
             max_ra: cfg.max_readahead_blocks,
+            cache_bytes: cfg.cache_bytes,
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
@@ -1233,6 +1239,11 @@ impl Client {
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
             let sequential = offset == inner.next_seq_offset;
+            // A file that fits in the memory cache is worth keeping there whole: its random
+            // reads are served from the frames they need, and the whole block is fetched in
+            // the background, as read-ahead is, so that later reads of the block hit memory.
+            let keep_whole = size <= self.cache_bytes / 2;
+            let mut prefetch = Vec::new();
             let mut plan = Vec::new();
             for index in first..=last {
                 if let Some(b) = Self::local_block(&inner, index) {
@@ -1258,6 +1269,9 @@ impl Client {
                         } else if to - from >= u64::from(r.len) / 2 {
                             Src::Remote(*r)
                         } else {
+                            if keep_whole {
+                                prefetch.push(*r);
+                            }
                             Src::Part(*r, from, to)
                         }
                     }
@@ -1265,7 +1279,6 @@ impl Client {
                 plan.push((index, src));
             }
             // Sequential detection: grow the read-ahead window on each sequential read.
-            let mut prefetch = Vec::new();
             if sequential && self.max_ra > 0 {
                 inner.ra_window = (inner.ra_window * 2).clamp(1, self.max_ra);
                 let from = (last + 1).max(inner.ra_issued_to);
@@ -1294,7 +1307,7 @@ impl Client {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.fetch(ino, r).await {
-                    debug!("read-ahead of block {} failed: {}", r.index, e.message);
+                    debug!("background read of block {} failed: {}", r.index, e.message);
                 }
             });
         }
