@@ -47,6 +47,8 @@ fn the_bucket_holds_no_plaintext_and_wrong_keys_are_refused() {
     let mut c = Cluster::local_folder(bin())
         .meta_args(&["--encrypted"])
         .mount_args(&["--encryption-key-file", good.to_str().expect("utf-8 path")])
+        // Smaller than the file, so random reads fetch frames.
+        .mount_args(&["--cache-size", "4MiB"])
         .start();
     let pattern = b"GATTACA-known-plaintext-pattern-".repeat(200_000);
     fs::write(c.join("genome.txt"), &pattern).expect("write");

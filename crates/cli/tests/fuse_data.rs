@@ -171,8 +171,7 @@ fn random_writes_match_local_copy() {
 /// block): 400 preads at random offsets, of random lengths (4 KiB, up to 128 KiB, up to 1.5 MiB),
 /// of a 5-block file with compressible and random parts and a hole, match a local copy; so does
 /// a whole read afterwards, which mixes cached frames with whole blocks. Once with a memory cache
-/// smaller than the file (frames only), once with the default one (the file fits: whole blocks
-/// are fetched in the background too).
+/// smaller than the file (frames), once with the default one (the file fits: whole blocks).
 #[test]
 fn random_reads_of_a_cold_mount_match_local_copy() {
     if !require_fuse() {

@@ -13,15 +13,18 @@
 //! the block map (cached per open, refreshed at open: close-to-open consistency) and the
 //! in-memory cache of decoded blocks; sequential reads prefetch a growing window of blocks.
 //!
-//! Random reads (a read that does not start where the last one ended) of a block not in memory
-//! fetch only the 64 KiB frames that hold the bytes asked for ([`BlockStore::get_part`]: one
+//! Random reads (a read that does not start where the last one ended) of a file larger than the
+//! memory cache, of a block not in memory, fetch only the 64 KiB frames that hold the bytes asked
+//! for ([`BlockStore::get_part`]: one
 //! ranged GET, plus one for the block's frame table the first time), not the whole block, and
 //! keep those frames in the same in-memory cache, keyed by frame, so that a repeated random
 //! read of the same area is served from memory. A whole block in the cache is always used
-//! first. Sequential reads and read-ahead fetch whole blocks. When the file fits in the memory
-//! cache, a random read also fetches its whole block in the background (once the file's blocks
-//! are all in memory every read hits, which frames alone take 64 times as many requests to
-//! reach); a file larger than the cache would only churn it with whole blocks.
+//! first. Sequential reads and read-ahead fetch whole blocks, and so do random reads of a file
+//! that fits in the memory cache: once its blocks are all in memory every read hits, which frames
+//! take 64 times as many requests to reach (measured on SeaweedFS: a 512 MiB file in a 512 MiB
+//! cache read at random went from about 2500 to about 600 4 KiB reads/s in the first 10 s with
+//! frames, even with the whole block fetched in the background). For a file larger than the
+//! cache whole blocks only churn it.
 
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
@@ -1243,9 +1246,9 @@ impl Client {
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
             let sequential = offset == inner.next_seq_offset;
-            // A file that fits in the memory cache is worth keeping there whole: its random
-            // reads are served from the frames they need, and the whole block is fetched in
-            // the background, as read-ahead is, so that later reads of the block hit memory.
+            // A file that fits in the memory cache is worth keeping there whole: random reads
+            // of it fetch whole blocks, as sequential ones do, and soon every read hits memory.
+            // Frames are for files larger than the cache, where whole blocks only churn it.
             let keep_whole = size <= self.cache_bytes;
             let mut prefetch = Vec::new();
             let mut plan = Vec::new();
@@ -1260,7 +1263,7 @@ impl Client {
                 }
                 let src = match inner.map.get(&index) {
                     None => Src::Hole,
-                    Some(r) if sequential => Src::Remote(*r),
+                    Some(r) if sequential || keep_whole => Src::Remote(*r),
                     Some(r) => {
                         // Random access: only the frames that hold the bytes asked for, unless
                         // the read wants most of the block anyway.
@@ -1273,9 +1276,6 @@ impl Client {
                         } else if to - from >= u64::from(r.len) / 2 {
                             Src::Remote(*r)
                         } else {
-                            if keep_whole {
-                                prefetch.push(*r);
-                            }
                             Src::Part(*r, from, to)
                         }
                     }
