@@ -279,8 +279,12 @@ impl Client {
             check_key(&store, &volume.name).await?;
         }
         let cache = Arc::new(BlockCache::with_weighter(
-            // Whole blocks and frames share the bytes; the count only sizes the table.
-            (cfg.cache_bytes / FRAME).clamp(16, 1 << 16) as usize,
+            // Counted in whole blocks, though frames share the bytes: the count also sets the
+            // number of shards (at least 32 items each), and each shard holds an equal share of
+            // the bytes. Counted in frames, a 512 MiB cache had 8 shards of 16 blocks, and a
+            // file that fits in the cache no longer did (whole blocks evicted by the hash's
+            // unevenness).
+            (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
             cfg.cache_bytes,
             BytesWeighter,
         ));
