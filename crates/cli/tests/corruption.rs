@@ -22,6 +22,15 @@ fn objects(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The tests of this file run one at a time: the first counts the objects its writes made, and
+/// with another cluster busy beside it a write was seen to be uploaded twice (two versions of a
+/// block), which is allowed but not what it counts.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn read_all(p: &Path) -> std::io::Result<Vec<u8>> {
     let mut v = Vec::new();
     fs::File::open(p)?.read_to_end(&mut v)?;
@@ -30,6 +39,7 @@ fn read_all(p: &Path) -> std::io::Result<Vec<u8>> {
 
 #[test]
 fn flipped_and_truncated_blocks_give_eio_not_data() {
+    let _serial = serial();
     let Some(mut c) = local_cluster() else { return };
     const MIB: u64 = 1 << 20;
     write_random_file(&c.join("flipped"), 7, 5 * MIB, true).expect("write");
@@ -71,6 +81,7 @@ fn flipped_and_truncated_blocks_give_eio_not_data() {
 /// with a log line naming the block; reads of the block's other frames still return the data.
 #[test]
 fn a_damaged_frame_read_at_random_gives_eio() {
+    let _serial = serial();
     if !require_fuse() {
         return;
     }
