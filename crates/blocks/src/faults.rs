@@ -28,7 +28,8 @@ pub(crate) const FAST: RetryPolicy = RetryPolicy {
 
 /// Fails the next `fail` puts and gets with a timeout; with `apply`, a failing put is applied
 /// before its error is returned (the response was lost, not the request). The next
-/// `damaged_reads` gets return the object with its last byte flipped.
+/// `damaged_reads` gets return the object (or the range asked for) with its last byte flipped.
+/// `gets` records the range of each get.
 #[derive(Debug, Default)]
 pub(crate) struct Flaky {
     pub inner: InMemory,
@@ -36,6 +37,8 @@ pub(crate) struct Flaky {
     pub apply: bool,
     pub damaged_reads: AtomicU32,
     pub calls: AtomicU32,
+    /// The range of every get that reached the inner store (None: the whole object).
+    pub gets: std::sync::Mutex<Vec<Option<object_store::GetRange>>>,
 }
 
 pub(crate) fn flaky(fail: u32, apply: bool) -> Arc<Flaky> {
@@ -100,6 +103,9 @@ impl ObjectStore for Flaky {
             return Err(timeout());
         }
         let head = o.head;
+        if !head {
+            self.gets.lock().expect("gets lock").push(o.range.clone());
+        }
         let result = self.inner.get_opts(l, o).await?;
         if head || !take(&self.damaged_reads) {
             return Ok(result);

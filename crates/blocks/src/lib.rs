@@ -9,7 +9,8 @@
 //! - This crate is the only code in cairn that touches object storage (STYLE 1.4); the store is
 //!   one `Arc<dyn ObjectStore>` built from decorators (see [`store`]).
 //! - Bytes that fail verification are never returned as data: [`BlockStore::get`] checks the
-//!   length and both checksums of every block (a cached copy too), re-reads once, then reports
+//!   length and the checksums of every block (a cached copy too), [`BlockStore::get_range`] those
+//!   of every frame it decodes and of the frame table; both re-read once, then report
 //!   [`BlockError::Corrupt`].
 //! - [`BlockStore::put`] returns Ok only when the block is durable in the store, or with
 //!   writeback staged durably in the disk cache (and then uploaded, retried until it is), and
@@ -37,4 +38,4 @@ pub use cache::{CacheConfig, CacheUsage, DiskCache};
 pub use codec::{BlockCodec, CodecError, Compression, ParseCompressionError};
 pub use error::BlockError;
 pub use key::BlockKey;
-pub use store::{BlockStore, StoreConfig};
+pub use store::{BlockStore, Part, StoreConfig};

@@ -28,6 +28,23 @@
 //! read heals; damage at rest does not) and then reported as [`BlockError::Corrupt`]. Bytes that
 //! failed verification are never returned.
 //!
+//! Reading part of a block ([`BlockStore::get_range`], for random access):
+//! 1. The frame table of the object (format v2, see [`crate::codec`]): from the in-memory table
+//!    cache, or one ranged GET of the header and the largest table a block of the length the
+//!    caller gives can have (a longer table, from a writer with smaller frames, costs one more
+//!    GET). The table is checked (its own crc) and then cached: block objects never change, so a
+//!    table never goes stale. The cache is bounded by bytes ([`INDEX_CACHE_BYTES`]).
+//! 2. One ranged GET of the contiguous span of frames that holds the bytes asked for; each frame
+//!    is checked (stored crc, tag or raw crc) and decoded. Bytes outside the span are never
+//!    fetched.
+//! 3. Verification failures are handled as for `get`: the table is dropped from the cache, the
+//!    read is made once more, then [`BlockError::Corrupt`] names the object.
+//! 4. A version 1 object (no table) is read whole, as by `get`, and the caller is told so
+//!    ([`Part::Whole`]) so that it can keep the whole block.
+//!
+//! GETs, ranged or not, go through the retrying layer, which also checks that the body is as
+//! long as the range the store announced.
+//!
 //! With a disk cache ([`StoreConfig::cache`], [`crate::cache`]), which holds stored (encoded)
 //! objects:
 //! - `get` decodes a cached copy with the same checks; one that fails is dropped (a warning) and
@@ -36,9 +53,13 @@
 //!   the object durably in the cache and returns; the uploader (writeback.rs) writes it to the
 //!   store with steps 2 and 3 above, retrying forever, and then the copy becomes a clean one. If
 //!   staging fails (cache full of staged blocks, disk full, I/O error), `put` writes directly.
+//! - `get_range` serves the range from a cached copy of the whole object if there is one
+//!   (checking the frames it decodes; a copy that fails is dropped as by `get`). It never caches
+//!   a part of an object: the cache holds whole objects only.
 //! - `delete` drops the cached or staged copy too.
 
 use std::fmt;
+use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -55,7 +76,7 @@ use object_store::{
 };
 
 use crate::cache::{CacheConfig, DiskCache};
-use crate::codec::{BlockCodec, CodecError};
+use crate::codec::{index_len_for, BlockCodec, CodecError, FrameIndex, IndexRead};
 use crate::error::{io_kind, s3_error_code, transport_kind, BlockError};
 use crate::key::BlockKey;
 use crate::retry::{RetryPolicy, RetryingStore};
@@ -76,6 +97,41 @@ const MAX_VOLUME_LEN: usize = 128;
 /// Blocks at least this large are encoded and decoded on the blocking thread pool: zstd takes
 /// milliseconds per MiB (far more at high levels), which would stall other tasks on the runtime.
 const OFFLOAD_MIN_LEN: usize = 128 << 10;
+
+/// Bytes of parsed frame tables kept in memory (about 2 KiB per 4 MiB block: some 8000 blocks).
+pub const INDEX_CACHE_BYTES: u64 = 16 << 20;
+
+/// What the store knows of an object's layout, once its first bytes were read.
+enum Layout {
+    /// Version 1: no frame table; read whole.
+    Whole,
+    /// Version 2: where the frames are.
+    Frames(Arc<FrameIndex>),
+}
+
+#[derive(Clone)]
+struct LayoutWeighter;
+
+impl quick_cache::Weighter<String, Arc<Layout>> for LayoutWeighter {
+    fn weight(&self, path: &String, layout: &Arc<Layout>) -> u64 {
+        let index = match &**layout {
+            Layout::Whole => 0,
+            Layout::Frames(index) => index.weight(),
+        };
+        (path.len() as u64 + index + 32).max(1)
+    }
+}
+
+type LayoutCache = quick_cache::sync::Cache<String, Arc<Layout>, LayoutWeighter>;
+
+/// The answer of [`BlockStore::get_part`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Part {
+    /// Exactly the raw bytes asked for (clamped to the block's length).
+    Range(Bytes),
+    /// The object has no frames (format v1) and was read whole: the whole raw block.
+    Whole(Bytes),
+}
 
 /// Runs CPU-heavy codec work off the async threads.
 async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
@@ -180,6 +236,8 @@ struct Inner {
     uploader: Option<Uploader>,
     /// A failed stage was logged; cleared when staging works again.
     stage_failing: AtomicBool,
+    /// Layouts (frame tables) of objects read in part, by object path.
+    layouts: LayoutCache,
 }
 
 impl Drop for Inner {
@@ -419,6 +477,7 @@ impl BlockStore {
             codec,
             RetryPolicy::DATA,
             cfg.cache.as_ref(),
+            INDEX_CACHE_BYTES,
         )
     }
 
@@ -430,6 +489,7 @@ impl BlockStore {
         codec: BlockCodec,
         data_policy: RetryPolicy,
         cache: Option<&CacheConfig>,
+        index_cache_bytes: u64,
     ) -> Result<BlockStore, BlockError> {
         let data = Arc::new(RetryingStore::new(Arc::clone(&inner), data_policy));
         // Short rounds: the uploader retries forever around them, and logs a block's first
@@ -469,6 +529,11 @@ impl BlockStore {
                 writeback,
                 uploader,
                 stage_failing: AtomicBool::new(false),
+                layouts: LayoutCache::with_weighter(
+                    (index_cache_bytes / 2048).max(16) as usize,
+                    index_cache_bytes,
+                    LayoutWeighter,
+                ),
             }),
         })
     }
@@ -622,11 +687,173 @@ impl BlockStore {
         Ok(raw)
     }
 
+    /// Raw bytes `range` of a block (clamped to the block's length), fetching only the frames
+    /// that hold them; see the module doc. `block_len` is the raw length of the block as the
+    /// caller knows it (from the block map): it sizes the first read so that header and frame
+    /// table come in one request; a wrong value costs a request, never a wrong answer. Checks
+    /// as `get`: bytes that fail verification are never returned.
+    pub async fn get_range(
+        &self,
+        key: &BlockKey,
+        range: Range<u64>,
+        block_len: u64,
+    ) -> Result<Bytes, BlockError> {
+        match self.get_part(key, range.clone(), block_len).await? {
+            Part::Range(raw) => Ok(raw),
+            Part::Whole(raw) => {
+                let end = range.end.min(raw.len() as u64);
+                Ok(raw.slice(range.start.min(end) as usize..end as usize))
+            }
+        }
+    }
+
+    /// As [`BlockStore::get_range`], but an object without frames (format v1), which has to be
+    /// read whole, comes back whole ([`Part::Whole`]), so the caller can keep all of it.
+    pub async fn get_part(
+        &self,
+        key: &BlockKey,
+        range: Range<u64>,
+        block_len: u64,
+    ) -> Result<Part, BlockError> {
+        let core = &self.inner.core;
+        let path = core.path(key);
+        if range.start >= range.end {
+            return Ok(Part::Range(Bytes::new()));
+        }
+        if let Some(cache) = &self.inner.cache {
+            if let Some((stored, staged)) = cache.get(path.as_ref()).await {
+                match core.decode_range(stored, &path, range.clone()).await {
+                    Ok(raw) => return Ok(Part::Range(raw)),
+                    Err(reason) if staged => tracing::error!(
+                        path = %path, dir = %cache.dir().display(), %reason,
+                        "a block waiting for upload in the disk cache failed verification; reading it from the object store"
+                    ),
+                    Err(reason) => {
+                        tracing::warn!(
+                            path = %path, dir = %cache.dir().display(), %reason,
+                            "cached copy of a block failed verification; dropped it, reading the block from the object store"
+                        );
+                        cache.remove(path.as_ref()).await;
+                    }
+                }
+            }
+        }
+        let reason = match self.read_part(&path, range.clone(), block_len).await? {
+            Ok(Some(raw)) => return Ok(Part::Range(raw)),
+            Ok(None) => return self.get(key).await.map(Part::Whole),
+            Err(reason) => reason,
+        };
+        tracing::warn!(
+            path = %core.object_url(&path), %reason,
+            "block object failed verification; reading it again"
+        );
+        self.inner.layouts.remove(path.as_ref());
+        match self.read_part(&path, range, block_len).await? {
+            Ok(Some(raw)) => Ok(Part::Range(raw)),
+            Ok(None) => self.get(key).await.map(Part::Whole),
+            Err(reason) => Err(BlockError::Corrupt {
+                path: core.object_url(&path),
+                reason,
+            }),
+        }
+    }
+
+    /// The layout of the object at `path`: cached, or read from its first bytes.
+    async fn layout(
+        &self,
+        path: &Path,
+        block_len: u64,
+    ) -> Result<Result<Arc<Layout>, CodecError>, BlockError> {
+        if let Some(layout) = self.inner.layouts.get(path.as_ref()) {
+            return Ok(Ok(layout));
+        }
+        let core = &self.inner.core;
+        let fetch = |len: u64| async move {
+            core.data
+                .get_range(path, 0..len)
+                .await
+                .map_err(|e| core.error("get", path, e))
+        };
+        let want = index_len_for(block_len);
+        let mut prefix = fetch(want).await?;
+        let mut parsed = FrameIndex::parse(&prefix);
+        if let Ok(IndexRead::NeedIndex(len)) = parsed {
+            // Fewer bytes than asked for: the object ends there.
+            if (prefix.len() as u64) == want {
+                prefix = fetch(len).await?;
+                parsed = FrameIndex::parse(&prefix);
+            }
+        }
+        let layout = match parsed {
+            Ok(IndexRead::Whole) => Layout::Whole,
+            Ok(IndexRead::Index(index)) => Layout::Frames(Arc::new(index)),
+            Ok(IndexRead::NeedIndex(len)) => {
+                return Ok(Err(CodecError::LengthMismatch {
+                    expected: len,
+                    actual: prefix.len() as u64,
+                }))
+            }
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let layout = Arc::new(layout);
+        self.inner
+            .layouts
+            .insert(path.to_string(), Arc::clone(&layout));
+        Ok(Ok(layout))
+    }
+
+    /// One attempt at raw bytes `range` of the object at `path` from the object store. Ok(None):
+    /// the object has no frames.
+    async fn read_part(
+        &self,
+        path: &Path,
+        range: Range<u64>,
+        block_len: u64,
+    ) -> Result<Result<Option<Bytes>, CodecError>, BlockError> {
+        let core = &self.inner.core;
+        let layout = match self.layout(path, block_len).await? {
+            Ok(layout) => layout,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let Layout::Frames(index) = &*layout else {
+            return Ok(Ok(None));
+        };
+        let frames = index.frames_for(range.clone());
+        if frames.is_empty() {
+            return Ok(Ok(Some(Bytes::new())));
+        }
+        let span = index.stored_span(frames.clone());
+        let stored = core
+            .data
+            .get_range(path, span)
+            .await
+            .map_err(|e| core.error("get", path, e))?;
+        let base = index.raw_start(frames.start);
+        let raw = match core
+            .decode_frames(Arc::clone(index), frames, stored, path)
+            .await
+        {
+            Ok(raw) => raw,
+            Err(reason) => return Ok(Err(reason)),
+        };
+        let end = range.end.min(index.raw_len()) - base;
+        Ok(Ok(Some(
+            raw.slice((range.start - base) as usize..end as usize),
+        )))
+    }
+
+    /// Parsed frame tables held in memory: (entries, bytes).
+    pub fn index_cache_usage(&self) -> (usize, u64) {
+        let layouts = &self.inner.layouts;
+        (layouts.len(), layouts.weight())
+    }
+
     /// Delete a block object (missing is Ok), and its cached copy. A staged copy not uploaded
     /// yet is dropped and its upload cancelled.
     pub async fn delete(&self, key: &BlockKey) -> Result<(), BlockError> {
         let core = &self.inner.core;
         let path = core.path(key);
+        self.inner.layouts.remove(path.as_ref());
         if let Some(cache) = &self.inner.cache {
             cache.remove(path.as_ref()).await;
         }
@@ -756,6 +983,43 @@ impl Core {
         off_runtime(move || codec.decode_for(&stored, path.as_bytes())).await
     }
 
+    /// Decodes raw bytes `range` of a whole stored object.
+    async fn decode_range(
+        &self,
+        stored: Bytes,
+        path: &Path,
+        range: Range<u64>,
+    ) -> Result<Bytes, CodecError> {
+        // A small range of a framed object decodes a frame or two; a version 1 object is
+        // decoded whole.
+        let small = range.end.saturating_sub(range.start) < OFFLOAD_MIN_LEN as u64
+            && stored.get(4) == Some(&crate::codec::FORMAT_VERSION);
+        if small || stored.len() < OFFLOAD_MIN_LEN {
+            return self
+                .codec
+                .decode_range(&stored, path.as_ref().as_bytes(), range);
+        }
+        let (codec, path) = (self.codec.clone(), path.to_string());
+        off_runtime(move || codec.decode_range(&stored, path.as_bytes(), range)).await
+    }
+
+    /// Decodes consecutive frames of an object from their stored bytes.
+    async fn decode_frames(
+        &self,
+        index: Arc<FrameIndex>,
+        frames: Range<usize>,
+        stored: Bytes,
+        path: &Path,
+    ) -> Result<Bytes, CodecError> {
+        if stored.len() < OFFLOAD_MIN_LEN {
+            return self
+                .codec
+                .decode_frames(&index, frames, &stored, path.as_ref().as_bytes());
+        }
+        let (codec, path) = (self.codec.clone(), path.to_string());
+        off_runtime(move || codec.decode_frames(&index, frames, &stored, path.as_bytes())).await
+    }
+
     /// Reads and decodes an object, reading it a second time if it fails verification. Returns
     /// the raw block and the stored bytes.
     async fn read_verified(
@@ -863,6 +1127,7 @@ mod tests {
             BlockCodec::new(Compression::Lz4),
             policy,
             None,
+            INDEX_CACHE_BYTES,
         )
         .unwrap()
     }
@@ -891,6 +1156,7 @@ mod tests {
                 ..FAST
             },
             Some(cache),
+            INDEX_CACHE_BYTES,
         )
     }
 
@@ -1153,6 +1419,312 @@ mod tests {
         cached(&faults, lz4(), &cfg).unwrap();
     }
 
+    /// Compressible and random halves, so frames of both kinds.
+    fn mixed_block(len: usize, seed: u8) -> Bytes {
+        let mut v: Vec<u8> = format!("block {seed} ").into_bytes().repeat(len / 8 + 1);
+        v.truncate(len);
+        let mut x = u64::from(seed).wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for b in &mut v[len / 2..] {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *b = x as u8;
+        }
+        Bytes::from(v)
+    }
+
+    fn requested(faults: &Flaky) -> Vec<Option<object_store::GetRange>> {
+        std::mem::take(&mut *faults.gets.lock().unwrap())
+    }
+
+    fn bounded(r: &Option<object_store::GetRange>) -> Range<u64> {
+        match r {
+            Some(object_store::GetRange::Bounded(r)) => r.clone(),
+            other => panic!("not a bounded range: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn get_range_equals_the_slice_of_get() {
+        let faults = flaky(0, false);
+        for codec in [
+            lz4(),
+            BlockCodec::new(Compression::Zstd { level: 3 }),
+            BlockCodec::new(Compression::None).with_key(&[9; 32]),
+        ] {
+            let store = BlockStore::assemble(
+                Arc::clone(&faults) as Arc<dyn ObjectStore>,
+                Location::Memory,
+                "vol",
+                codec,
+                FAST,
+                None,
+                INDEX_CACHE_BYTES,
+            )
+            .unwrap();
+            let len = (4 << 20) - 12_345;
+            let raw = mixed_block(len, 3);
+            let k = key(rand::random::<u64>() >> 8);
+            store.put(&k, raw.clone()).await.unwrap();
+            assert_eq!(store.get(&k).await.unwrap(), raw);
+            let len = len as u64;
+            for r in [
+                0..1,
+                0..4096,
+                65_535..65_537,
+                1_000_000..1_131_072,
+                len / 2 - 100..len / 2 + 100,
+                len - 1..len,
+                len - 10..len + 100,
+                0..len,
+                len..len + 5,
+            ] {
+                let end = r.end.min(len) as usize;
+                let start = (r.start as usize).min(end);
+                assert_eq!(
+                    store.get_range(&k, r.clone(), len).await.unwrap(),
+                    raw[start..end],
+                    "{r:?}"
+                );
+                // A wrong length hint costs a request, not a wrong answer.
+                assert_eq!(
+                    store.get_range(&k, r.clone(), 1).await.unwrap(),
+                    raw[start..end]
+                );
+            }
+        }
+    }
+
+    /// Only the table and the frames that hold the range are fetched, and the table only once.
+    #[tokio::test]
+    async fn get_range_fetches_only_the_frames_it_needs() {
+        use crate::codec::{index_len_for, FRAME_LEN};
+        let faults = flaky(0, false);
+        let store = over(&faults);
+        let len = 4 << 20;
+        let raw = mixed_block(len, 5);
+        store.put(&key(1), raw.clone()).await.unwrap();
+        let object = faults
+            .inner
+            .get(&Path::from(key(1).object_path("vol")))
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        requested(&faults);
+
+        let at = 3 * FRAME_LEN as u64 + 100;
+        let got = store
+            .get_range(&key(1), at..at + 4096, len as u64)
+            .await
+            .unwrap();
+        assert_eq!(got, raw[at as usize..at as usize + 4096]);
+        let gets = requested(&faults);
+        assert_eq!(gets.len(), 2, "{gets:?}");
+        let index_len = index_len_for(len as u64);
+        assert_eq!(bounded(&gets[0]), 0..index_len);
+        let IndexRead::Index(index) = FrameIndex::parse(&object).unwrap() else {
+            panic!("not framed")
+        };
+        assert_eq!(bounded(&gets[1]), index.stored_span(3..4), "frame 3 only");
+        assert!(index.stored_span(3..4).end - index.stored_span(3..4).start <= FRAME_LEN as u64);
+
+        // The table is cached: one request, for the frames. A range over a frame boundary
+        // fetches the two frames.
+        let at = 8 * FRAME_LEN as u64 - 10;
+        let got = store
+            .get_range(&key(1), at..at + 20, len as u64)
+            .await
+            .unwrap();
+        assert_eq!(got, raw[at as usize..at as usize + 20]);
+        let gets = requested(&faults);
+        assert_eq!(gets.len(), 1, "{gets:?}");
+        assert_eq!(bounded(&gets[0]), index.stored_span(7..9), "frames 7 and 8");
+        assert_eq!(store.index_cache_usage().0, 1);
+
+        // A table longer than the hint allows: the header says how long, one more request.
+        store.inner.layouts.clear();
+        let got = store.get_range(&key(1), at..at + 20, 100).await.unwrap();
+        assert_eq!(got, raw[at as usize..at as usize + 20]);
+        let gets = requested(&faults);
+        assert_eq!(
+            gets.iter().map(bounded).collect::<Vec<_>>()[..2],
+            [0..index_len_for(100), 0..index_len]
+        );
+    }
+
+    /// The table cache stays within its bytes, however many blocks are read.
+    #[tokio::test]
+    async fn the_table_cache_is_bounded() {
+        let faults = flaky(0, false);
+        let cap = 8 << 10;
+        let store = BlockStore::assemble(
+            Arc::clone(&faults) as Arc<dyn ObjectStore>,
+            Location::Memory,
+            "vol",
+            lz4(),
+            FAST,
+            None,
+            cap,
+        )
+        .unwrap();
+        let blocks = 60u64;
+        for i in 0..blocks {
+            store
+                .put(&key(i), mixed_block(1 << 20, i as u8))
+                .await
+                .unwrap();
+        }
+        for i in 0..blocks {
+            let got = store.get_range(&key(i), 10..20, 1 << 20).await.unwrap();
+            assert_eq!(got, mixed_block(1 << 20, i as u8)[10..20]);
+        }
+        let (count, bytes) = store.index_cache_usage();
+        assert!(bytes <= cap, "{bytes} bytes in the table cache");
+        assert!(count > 0 && (count as u64) < blocks, "{count} tables");
+    }
+
+    /// A version 1 object (written by earlier builds) is read whole, and said to be whole.
+    #[tokio::test]
+    async fn version_1_objects_are_read_whole() {
+        let faults = flaky(0, false);
+        let store = over(&faults);
+        let raw = mixed_block(300_000, 1);
+        let path = Path::from(key(1).object_path("vol"));
+        let v1 = crate::codec::encode_v1_for(store.codec(), &raw, path.as_ref().as_bytes());
+        faults.inner.put(&path, v1.into()).await.unwrap();
+        assert_eq!(
+            store.get_part(&key(1), 100..200, 300_000).await.unwrap(),
+            Part::Whole(raw.clone())
+        );
+        assert_eq!(
+            store.get_range(&key(1), 100..200, 300_000).await.unwrap(),
+            raw[100..200]
+        );
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw);
+    }
+
+    /// A damaged read of a frame or of the table is read again; damage that stays is reported
+    /// as corrupt, naming the object, never returned.
+    #[tokio::test]
+    async fn a_damaged_range_is_read_again_then_reported() {
+        let faults = flaky(0, false);
+        let store = over(&faults);
+        let raw = mixed_block(1 << 20, 2);
+        store.put(&key(1), raw.clone()).await.unwrap();
+        for cached_table in [false, true] {
+            if cached_table {
+                store.get_range(&key(1), 0..1, 1 << 20).await.unwrap();
+            } else {
+                store.inner.layouts.clear();
+            }
+            faults.damaged_reads.store(1, Ordering::SeqCst);
+            assert_eq!(
+                store
+                    .get_range(&key(1), 700_000..700_100, 1 << 20)
+                    .await
+                    .unwrap(),
+                raw[700_000..700_100]
+            );
+            faults.damaged_reads.store(2, Ordering::SeqCst);
+            let err = store
+                .get_range(&key(1), 700_000..700_100, 1 << 20)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &err,
+                    BlockError::Corrupt {
+                        reason: CodecError::FrameChecksum { .. } | CodecError::IndexChecksum { .. },
+                        ..
+                    }
+                ),
+                "{err:?}"
+            );
+            let name = format!("block `memory://{}` is corrupt", key(1).object_path("vol"));
+            assert!(err.to_string().starts_with(&name), "{err}");
+            faults.damaged_reads.store(0, Ordering::SeqCst);
+        }
+        // A truncated object.
+        let path = Path::from(key(1).object_path("vol"));
+        let object = faults
+            .inner
+            .get(&path)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        faults
+            .inner
+            .put(&path, object.slice(..object.len() - 100).into())
+            .await
+            .unwrap();
+        store.inner.layouts.clear();
+        let err = store
+            .get_range(&key(1), (1 << 20) - 10..1 << 20, 1 << 20)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, BlockError::Corrupt { .. }), "{err:?}");
+    }
+
+    /// With a disk cache: a cached whole copy serves ranges without a request (and a damaged
+    /// copy is dropped); a range read from the store is not cached (only whole objects are).
+    #[tokio::test]
+    async fn get_range_uses_whole_cached_copies_and_caches_no_parts() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, false)).unwrap();
+        let raw = mixed_block(1 << 20, 4);
+        store.put(&key(1), raw.clone()).await.unwrap();
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            store.get_range(&key(1), 5000..6000, 1 << 20).await.unwrap(),
+            raw[5000..6000]
+        );
+        assert_eq!(faults.calls.load(Ordering::SeqCst), calls, "from the cache");
+
+        let path = key(1).object_path("vol");
+        let file = store.cache().unwrap().entry_file(&path).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        std::fs::write(&file, &bytes).unwrap();
+        // The damage is in the last frame: a range elsewhere still reads from the copy, a
+        // range in it reads from the store and drops the copy.
+        assert_eq!(
+            store.get_range(&key(1), 5000..6000, 1 << 20).await.unwrap(),
+            raw[5000..6000]
+        );
+        assert_eq!(faults.calls.load(Ordering::SeqCst), calls);
+        let end = 1 << 20;
+        assert_eq!(
+            store.get_range(&key(1), end - 10..end, end).await.unwrap(),
+            raw[end as usize - 10..]
+        );
+        assert!(faults.calls.load(Ordering::SeqCst) > calls);
+        assert!(store.cache().unwrap().entry_file(&path).is_none());
+
+        // Written by another client: read in part, not cached.
+        over(&faults).put(&key(2), raw.clone()).await.unwrap();
+        assert_eq!(
+            store.get_range(&key(2), 10..20, 1 << 20).await.unwrap(),
+            raw[10..20]
+        );
+        assert!(store
+            .cache()
+            .unwrap()
+            .entry_file(&key(2).object_path("vol"))
+            .is_none());
+        assert_eq!(store.get(&key(2)).await.unwrap(), raw);
+        assert!(store
+            .cache()
+            .unwrap()
+            .entry_file(&key(2).object_path("vol"))
+            .is_some());
+    }
+
     fn block() -> (BlockKey, Bytes) {
         let key = BlockKey {
             ino: 1,
@@ -1201,7 +1773,7 @@ mod tests {
             matches!(
                 &err,
                 BlockError::Corrupt {
-                    reason: crate::codec::CodecError::PayloadChecksum { .. },
+                    reason: crate::codec::CodecError::FrameChecksum { .. },
                     ..
                 }
             ),
@@ -1210,7 +1782,7 @@ mod tests {
         assert!(err.is_permanent());
         assert!(
             err.to_string()
-                .starts_with("block `memory://ed0e/vol/0000000000000001/2.0000000000000003` is corrupt: payload checksum mismatch"),
+                .starts_with("block `memory://ed0e/vol/0000000000000001/2.0000000000000003` is corrupt: frame 1 checksum mismatch"),
             "{err}"
         );
     }

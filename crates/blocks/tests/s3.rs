@@ -268,8 +268,17 @@ async fn s3_large_blocks() {
         let raw = Bytes::from(noise(len, i as u64));
         let k = key(1, i as u64, 1);
         let stored = store.put(&k, raw.clone()).await.unwrap();
-        assert_eq!(stored, len as u64 + 24);
+        // Random bytes are stored raw: header, one 16-byte table entry per 64 KiB frame, data.
+        assert_eq!(stored, len as u64 + 24 + 16 * (len as u64 / (64 << 10)));
         assert_eq!(store.get(&k).await.unwrap(), raw);
+        let at = len as u64 - 100_000;
+        assert_eq!(
+            store
+                .get_range(&k, at..at + 4096, len as u64)
+                .await
+                .unwrap(),
+            raw[at as usize..at as usize + 4096]
+        );
     }
 }
 

@@ -44,9 +44,11 @@ fn the_bucket_holds_no_plaintext_and_wrong_keys_are_refused() {
     fs::write(&good, "11".repeat(32)).expect("write key");
     let bad = keys.join("bad.key");
     fs::write(&bad, [0x22u8; 32]).expect("write key");
-    let c = Cluster::local_folder(bin())
+    let mut c = Cluster::local_folder(bin())
         .meta_args(&["--encrypted"])
         .mount_args(&["--encryption-key-file", good.to_str().expect("utf-8 path")])
+        // Smaller than the file, so random reads fetch frames.
+        .mount_args(&["--cache-size", "4MiB"])
         .start();
     let pattern = b"GATTACA-known-plaintext-pattern-".repeat(200_000);
     fs::write(c.join("genome.txt"), &pattern).expect("write");
@@ -57,6 +59,22 @@ fn the_bucket_holds_no_plaintext_and_wrong_keys_are_refused() {
         !stored.windows(32).any(|w| w == &pattern[..32]),
         "the known pattern appears in the block store"
     );
+    // Random reads of a cold mount (frames fetched and decrypted one by one) read the data.
+    c.remount();
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::File::open(c.join("genome.txt")).expect("open");
+        let mut rng = Rng::from_env_or_time("encrypted random reads");
+        for _ in 0..50 {
+            let off = rng.range(1, pattern.len() as u64 - 4096);
+            let mut buf = vec![0u8; 4096];
+            f.read_exact_at(&mut buf, off).expect("random read");
+            assert!(
+                buf == pattern[off as usize..off as usize + 4096],
+                "read at {off} differs"
+            );
+        }
+    }
 
     for (key, expect) in [
         (Some(bad.as_path()), "does not match"),

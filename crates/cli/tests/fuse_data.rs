@@ -167,6 +167,87 @@ fn random_writes_match_local_copy() {
     check_ranges(&path, &model, &mut rng, "after remount");
 }
 
+/// Random reads of a cold mount (each fetches only the frames that hold it, not the whole
+/// block): 400 preads at random offsets, of random lengths (4 KiB, up to 128 KiB, up to 1.5 MiB),
+/// of a 5-block file with compressible and random parts and a hole, match a local copy; so does
+/// a whole read afterwards, which mixes cached frames with whole blocks. Once with a memory cache
+/// smaller than the file (frames), once with the default one (the file fits: whole blocks).
+#[test]
+fn random_reads_of_a_cold_mount_match_local_copy() {
+    if !require_fuse() {
+        return;
+    }
+    let mut rng = Rng::from_env_or_time("random_reads_of_a_cold_mount_match_local_copy");
+    for cache in [Some("8MiB"), None] {
+        let mut builder = Cluster::s3(bin());
+        if let Some(size) = cache {
+            builder = builder.mount_args(&["--cache-size", size]);
+        }
+        random_reads_match(&mut builder.start(), &mut rng);
+    }
+}
+
+fn random_reads_match(c: &mut Cluster, rng: &mut Rng) {
+    let path = c.join("frames");
+    let size = 5 * BLOCK + 12_345;
+    let mut model = random_bytes(rng.next_u64(), size as usize);
+    // Compressible stretches (frames stored compressed) among random ones (stored raw).
+    for i in 0..size / (256 << 10) {
+        if i % 3 == 0 {
+            let at = (i * (256 << 10)) as usize;
+            let end = (at + (300 << 10)).min(size as usize);
+            for (j, b) in model[at..end].iter_mut().enumerate() {
+                *b = b"cairn frames "[j % 13];
+            }
+        }
+    }
+    // Block 2 is a hole: never written.
+    model[(2 * BLOCK) as usize..(3 * BLOCK) as usize].fill(0);
+    {
+        let f = File::create(&path).expect("create");
+        f.write_all_at(&model[..(2 * BLOCK) as usize], 0)
+            .expect("write blocks 0 and 1");
+        f.write_all_at(&model[(3 * BLOCK) as usize..], 3 * BLOCK)
+            .expect("write blocks 3 to 5");
+        f.sync_all().expect("fsync");
+    }
+    c.remount();
+    let f = File::open(&path).expect("open");
+    for i in 0..400 {
+        let len = match i % 10 {
+            0..=4 => 4096,
+            5..=7 => rng.range(1, 128 << 10),
+            _ => rng.range(1, 3 * MIB / 2),
+        };
+        let off = if i % 10 == 0 {
+            // Straddle a block boundary.
+            BLOCK * rng.range(1, 6) - rng.range(1, 4096)
+        } else {
+            rng.range(1, size)
+        };
+        let len = len.min(size - off);
+        let mut buf = vec![0u8; len as usize];
+        f.read_exact_at(&mut buf, off)
+            .unwrap_or_else(|e| panic!("read #{i} of {len} at {off}: {e}"));
+        if buf != model[off as usize..(off + len) as usize] {
+            let first = buf
+                .iter()
+                .zip(&model[off as usize..])
+                .position(|(a, b)| a != b)
+                .unwrap_or(0);
+            panic!("read #{i} of {len} bytes at {off} differs from byte {first} on");
+        }
+    }
+    drop(f);
+    assert_file(
+        &path,
+        size,
+        &sha256_bytes(&model),
+        "whole read after random reads",
+    );
+    c.assert_no_panics();
+}
+
 /// Reads of random ranges (within a block, across blocks, at the end) match the model.
 fn check_ranges(path: &Path, model: &[u8], rng: &mut Rng, when: &str) {
     let f = File::open(path).expect("open");

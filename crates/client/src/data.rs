@@ -12,10 +12,23 @@
 //! continues, and all of them at flush/fsync/close. Reads look in `dirty`, then `pending`, then
 //! the block map (cached per open, refreshed at open: close-to-open consistency) and the
 //! in-memory cache of decoded blocks; sequential reads prefetch a growing window of blocks.
+//!
+//! Random reads (a read that does not start where the last one ended) of a file larger than the
+//! memory cache, of a block not in memory, fetch only the 64 KiB frames that hold the bytes asked
+//! for ([`BlockStore::get_part`]: one
+//! ranged GET, plus one for the block's frame table the first time), not the whole block, and
+//! keep those frames in the same in-memory cache, keyed by frame, so that a repeated random
+//! read of the same area is served from memory. A whole block in the cache is always used
+//! first. Sequential reads and read-ahead fetch whole blocks, and so do random reads of a file
+//! that fits in the memory cache: once its blocks are all in memory every read hits, which frames
+//! take 64 times as many requests to reach (measured on a loopback SeaweedFS: a 512 MiB file in
+//! a 512 MiB cache, read at random 4 KiB at a time for 10 s from cold, gave about 2200 to 2800
+//! reads/s with whole blocks and 150 to 250 with frames). For a file larger than the cache whole
+//! blocks only churn it.
 
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
-use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, StoreConfig};
+use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, Part, StoreConfig};
 use cairn_proto::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -120,12 +133,23 @@ struct FileState {
     inner: Mutex<FileInner>,
 }
 
-type BlockCache = quick_cache::sync::Cache<(Ino, u64, u64), Bytes, BytesWeighter>;
+/// Key of the in-memory cache: (inode, block index, block version, part), where part is
+/// [`WHOLE`] for a whole decoded block, or the number of one of its [`FRAME`]-byte frames.
+type CacheKey = (Ino, u64, u64, u32);
+
+/// The part of a [`CacheKey`] that names a whole block.
+const WHOLE: u32 = u32::MAX;
+
+/// Bytes of the frames that random reads fetch and cache: the frame size blocks are written
+/// with, so that one cached frame is one decoded frame of the object.
+const FRAME: u64 = cairn_blocks::codec::FRAME_LEN as u64;
+
+type BlockCache = quick_cache::sync::Cache<CacheKey, Bytes, BytesWeighter>;
 
 #[derive(Clone)]
 struct BytesWeighter;
-impl quick_cache::Weighter<(Ino, u64, u64), Bytes> for BytesWeighter {
-    fn weight(&self, _k: &(Ino, u64, u64), v: &Bytes) -> u64 {
+impl quick_cache::Weighter<CacheKey, Bytes> for BytesWeighter {
+    fn weight(&self, _k: &CacheKey, v: &Bytes) -> u64 {
         v.len().max(1) as u64
     }
 }
@@ -145,6 +169,8 @@ pub struct Client {
     flusher_wake: Arc<Notify>,
     fetches: Semaphore,
     max_ra: u64,
+    /// Bytes of the memory cache ([`ClientConfig::cache_bytes`]).
+    cache_bytes: u64,
     /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
     no_caps: StdMutex<std::collections::HashSet<Ino>>,
     /// Inodes this mount has taken locks on: only their closes need to release locks.
@@ -254,6 +280,11 @@ impl Client {
         }
         upload_staged(&store).await;
         let cache = Arc::new(BlockCache::with_weighter(
+            // Counted in whole blocks, though frames share the bytes: the count also sets the
+            // number of shards (at least 32 items each), and each shard holds an equal share of
+            // the bytes. Counted in frames, a 512 MiB cache had 8 shards of 16 blocks, and a
+            // file that fits in the cache no longer did (whole blocks evicted by the hash's
+            // unevenness).
             (cfg.cache_bytes / u64::from(volume.block_size)).max(16) as usize,
             cfg.cache_bytes,
             BytesWeighter,
@@ -272,6 +303,7 @@ impl Client {
             flusher_wake: Arc::default(),
             fetches: Semaphore::new(cfg.max_fetches.max(1)),
             max_ra: cfg.max_readahead_blocks,
+            cache_bytes: cfg.cache_bytes,
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
@@ -991,7 +1023,7 @@ impl Client {
                 warn!(ino, index, "block upload failed: {e}");
                 io_err(format!("upload block {index} of inode {ino}: {e}"))
             })?;
-            cache.insert((ino, index, version), body);
+            cache.insert((ino, index, version, WHOLE), body);
             Ok(BlockRef {
                 index,
                 version,
@@ -1190,7 +1222,7 @@ impl Client {
     }
 
     async fn fetch(&self, ino: Ino, r: BlockRef) -> Result<Bytes, RpcError> {
-        let key = (ino, r.index, r.version);
+        let key = (ino, r.index, r.version, WHOLE);
         if let Some(b) = self.cache.get(&key) {
             return Ok(b);
         }
@@ -1214,7 +1246,89 @@ impl Client {
             })?;
         drop(permit);
         let _ = guard.insert(data.clone());
+        // Frames of the block that random reads cached are now redundant: give their bytes back.
+        for i in 0..u64::from(r.len).div_ceil(FRAME) {
+            self.cache.remove(&(ino, r.index, r.version, i as u32));
+        }
         Ok(data)
+    }
+
+    /// Bytes `[start, end)` of block `r` (within its length), for a random read: from the whole
+    /// block if it is in memory, else from the cached frames that hold them, fetching the ones
+    /// missing (one ranged read of the span between the first and the last missing frame).
+    async fn fetch_range(
+        &self,
+        ino: Ino,
+        r: BlockRef,
+        start: u64,
+        end: u64,
+    ) -> Result<Bytes, RpcError> {
+        let whole = (ino, r.index, r.version, WHOLE);
+        if let Some(b) = self.cache.get(&whole) {
+            let end = (end as usize).min(b.len());
+            return Ok(b.slice((start as usize).min(end)..end));
+        }
+        let (first, last) = (start / FRAME, (end - 1) / FRAME);
+        let frame_key = |i: u64| (ino, r.index, r.version, i as u32);
+        let mut frames: Vec<Option<Bytes>> = (first..=last)
+            .map(|i| self.cache.get(&frame_key(i)))
+            .collect();
+        let missing_from = frames.iter().position(Option::is_none);
+        let missing_to = frames.iter().rposition(Option::is_none);
+        if let (Some(lo), Some(hi)) = (missing_from, missing_to) {
+            let (lo, hi) = (first + lo as u64, first + hi as u64);
+            let block_len = u64::from(r.len);
+            let span = lo * FRAME..((hi + 1) * FRAME).min(block_len);
+            let permit = self.fetches.acquire().await.expect("never closed");
+            let part = self
+                .store
+                .get_part(&self.key(ino, r.index, r.version), span.clone(), block_len)
+                .await
+                .map_err(|e| {
+                    warn!(
+                        ino,
+                        index = r.index,
+                        version = r.version,
+                        "block read failed: {e}"
+                    );
+                    io_err(format!("read block {} of inode {ino}: {e}", r.index))
+                })?;
+            drop(permit);
+            let got = match part {
+                Part::Range(got) => got,
+                Part::Whole(block) => {
+                    // An object without frames (written by an older cairn) was read whole.
+                    let block = block.slice(..(r.len as usize).min(block.len()));
+                    self.cache.insert(whole, block.clone());
+                    let end = (end as usize).min(block.len());
+                    return Ok(block.slice((start as usize).min(end)..end));
+                }
+            };
+            if got.len() as u64 != span.end - span.start {
+                return Err(io_err(format!(
+                    "read block {} of inode {ino}: the store returned {} bytes for {span:?}",
+                    r.index,
+                    got.len()
+                )));
+            }
+            for i in lo..=hi {
+                let at = ((i - lo) * FRAME) as usize;
+                let frame = got.slice(at..(at + FRAME as usize).min(got.len()));
+                self.cache.insert(frame_key(i), frame.clone());
+                frames[(i - first) as usize] = Some(frame);
+            }
+        }
+        let mut out = Vec::with_capacity((end - start) as usize);
+        for (n, frame) in frames.into_iter().enumerate() {
+            let frame = frame.expect("every missing frame was fetched above");
+            let fstart = (first + n as u64) * FRAME;
+            let from = start.max(fstart) - fstart;
+            let to = (end.min(fstart + FRAME) - fstart).min(frame.len() as u64);
+            if from < to {
+                out.extend_from_slice(&frame[from as usize..to as usize]);
+            }
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Bytes of block `index` as the file has them, from `inner`'s buffers, or a ref to fetch.
@@ -1242,6 +1356,8 @@ impl Client {
         enum Src {
             Local(Bytes),
             Remote(BlockRef),
+            /// Bytes `[start, end)` of the block, for a random read.
+            Part(BlockRef, u64, u64),
             Hole,
         }
         let (plan, size, prefetch) = {
@@ -1252,6 +1368,12 @@ impl Client {
             }
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
+            let sequential = offset == inner.next_seq_offset;
+            // A file that fits in the memory cache is worth keeping there whole: random reads
+            // of it fetch whole blocks, as sequential ones do, and soon every read hits memory.
+            // Frames are for files larger than the cache, where whole blocks only churn it.
+            let keep_whole = size <= self.cache_bytes;
+            let mut prefetch = Vec::new();
             let mut plan = Vec::new();
             for index in first..=last {
                 if let Some(b) = Self::local_block(&inner, index) {
@@ -1262,14 +1384,29 @@ impl Client {
                     self.load_map(ino, &mut inner, index, last - index + 1 + self.max_ra)
                         .await?;
                 }
-                plan.push((
-                    index,
-                    inner.map.get(&index).map_or(Src::Hole, |r| Src::Remote(*r)),
-                ));
+                let src = match inner.map.get(&index) {
+                    None => Src::Hole,
+                    Some(r) if sequential || keep_whole => Src::Remote(*r),
+                    Some(r) => {
+                        // Random access: only the frames that hold the bytes asked for, unless
+                        // the read wants most of the block anyway.
+                        let bstart = index * bs;
+                        let from = offset.max(bstart) - bstart;
+                        let to = (end.min(bstart + bs) - bstart).min(u64::from(r.len));
+                        if from >= to {
+                            // Past the block's data: zeros.
+                            Src::Hole
+                        } else if to - from >= u64::from(r.len) / 2 {
+                            Src::Remote(*r)
+                        } else {
+                            Src::Part(*r, from, to)
+                        }
+                    }
+                };
+                plan.push((index, src));
             }
             // Sequential detection: grow the read-ahead window on each sequential read.
-            let mut prefetch = Vec::new();
-            if offset == inner.next_seq_offset && self.max_ra > 0 {
+            if sequential && self.max_ra > 0 {
                 inner.ra_window = (inner.ra_window * 2).clamp(1, self.max_ra);
                 let from = (last + 1).max(inner.ra_issued_to);
                 let to = (last + 1 + inner.ra_window).min(size.div_ceil(bs));
@@ -1297,7 +1434,7 @@ impl Client {
             let me = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = me.fetch(ino, r).await {
-                    debug!("read-ahead of block {} failed: {}", r.index, e.message);
+                    debug!("background read of block {} failed: {}", r.index, e.message);
                 }
             });
         }
@@ -1305,23 +1442,28 @@ impl Client {
         let fetches = plan.into_iter().map(|(index, src)| {
             let me = self.clone();
             async move {
-                let data = match src {
-                    Src::Local(b) => b,
-                    Src::Hole => Bytes::new(),
+                // The bytes, and the offset in the block of the first of them.
+                let (data, at) = match src {
+                    Src::Local(b) => (b, 0),
+                    Src::Hole => (Bytes::new(), 0),
                     Src::Remote(r) => {
                         let b = me.fetch(ino, r).await?;
-                        b.slice(..(r.len as usize).min(b.len()))
+                        (b.slice(..(r.len as usize).min(b.len())), 0)
                     }
+                    Src::Part(r, from, to) => (me.fetch_range(ino, r, from, to).await?, from),
                 };
-                Ok::<_, RpcError>((index, data))
+                Ok::<_, RpcError>((index, data, at))
             }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
         let mut out = vec![0u8; (end - offset) as usize];
-        for (index, data) in blocks {
-            let bstart = index * bs;
+        for (index, data, at) in blocks {
+            let bstart = index * bs + at;
             let from = offset.max(bstart);
-            let to = end.min(bstart + bs);
+            let to = end.min(index * bs + bs);
+            if from >= to {
+                continue;
+            }
             let src_from = (from - bstart) as usize;
             let src_to = ((to - bstart) as usize).min(data.len());
             if src_from < src_to {

@@ -46,6 +46,7 @@ pub async fn conformance(store: &BlockStore, volume: &str, overwrite: Option<Ove
     put_is_idempotent(store).await;
     versions_are_separate_objects(store).await;
     concurrent_puts(store).await;
+    ranged_reads(store).await;
     if let Some(overwrite) = overwrite {
         corruption_is_reported(store, volume, overwrite).await;
     }
@@ -79,6 +80,39 @@ async fn put_get_delete(store: &BlockStore) {
         // Deleting what is gone is fine.
         store.delete(&k).await.unwrap();
     }
+}
+
+/// Ranged reads equal the slice of the whole block, at the edges of frames and of the block.
+async fn ranged_reads(store: &BlockStore) {
+    let len = (4 << 20) - 777;
+    let mut raw = noise(len, 9);
+    // A compressible first half.
+    for (i, b) in raw[..len / 2].iter_mut().enumerate() {
+        *b = b"ranged "[i % 7];
+    }
+    let k = key(900, 0, 1);
+    store.put(&k, Bytes::from(raw.clone())).await.unwrap();
+    let len = len as u64;
+    let frame = 64 << 10;
+    for r in [
+        0..1,
+        0..4096,
+        frame - 1..frame + 1,
+        len / 2 - 5000..len / 2 + 5000,
+        3 * frame..3 * frame + (1 << 20),
+        len - 4096..len,
+        len - 1..len + 100,
+        0..len,
+    ] {
+        let end = r.end.min(len) as usize;
+        let got = store.get_range(&k, r.clone(), len).await.unwrap();
+        assert_eq!(&got[..], &raw[r.start as usize..end], "{r:?}");
+    }
+    assert!(matches!(
+        store.get_range(&key(900, 1, 1), 0..10, len).await,
+        Err(BlockError::NotFound { .. })
+    ));
+    store.delete(&k).await.unwrap();
 }
 
 async fn missing_is_not_found(store: &BlockStore) {
@@ -150,14 +184,14 @@ async fn corruption_is_reported(store: &BlockStore, volume: &str, overwrite: Ove
     let good = store.codec().encode(&raw).to_vec();
     type Expect = fn(&CodecError) -> bool;
     let cases: Vec<(&str, Vec<u8>, Expect)> = vec![
-        ("flipped payload byte", flip(&good, good.len() - 10), |e| {
-            matches!(e, CodecError::PayloadChecksum { .. })
+        ("flipped frame byte", flip(&good, good.len() - 10), |e| {
+            matches!(e, CodecError::FrameChecksum { .. })
         }),
         ("truncated", good[..good.len() - 1].to_vec(), |e| {
             matches!(e, CodecError::LengthMismatch { .. })
         }),
-        ("flipped raw crc", flip(&good, 21), |e| {
-            matches!(e, CodecError::RawChecksum { .. })
+        ("flipped table crc", flip(&good, 21), |e| {
+            matches!(e, CodecError::IndexChecksum { .. })
         }),
         ("not a block", b"<html>oops</html>".to_vec(), |e| {
             matches!(e, CodecError::BadMagic { .. } | CodecError::TooShort { .. })
@@ -173,6 +207,14 @@ async fn corruption_is_reported(store: &BlockStore, volume: &str, overwrite: Ove
                 assert!(path.contains(&k.object_path(volume)), "{name}: {path}");
             }
             other => panic!("{name}: expected Corrupt, got {other:?}"),
+        }
+        // A ranged read of the damaged part (the end of the block) fails the same way.
+        let len = raw.len() as u64;
+        match store.get_range(&k, len - 20..len, len).await {
+            Err(BlockError::Corrupt { path, .. }) => {
+                assert!(path.contains(&k.object_path(volume)), "{name}: {path}");
+            }
+            other => panic!("{name}: ranged read: expected Corrupt, got {other:?}"),
         }
         // Writing the block again repairs it.
         store.put(&k, Bytes::from(raw.clone())).await.unwrap();
