@@ -329,7 +329,8 @@ FSX_WB_RESULT="not run"
 # fsx 0.3.2 never unmaps the mapping of a mapped read (its domapread has no munmap): a run keeps
 # one mapping per mapped read (about a fifth of its operations), and its mmap fails with ENOMEM
 # (fsx panics) once it holds vm.max_map_count of them, 65530 by default: around operation
-# 350,000. Long runs get a higher limit, put back at exit.
+# 350,000. scripts/setup builds fsx with the munmap added; in case the released build is the one
+# here, long runs also get a higher limit, put back at exit.
 MAP_COUNT_NEEDED=$((FSX_OPS / 4 + 16384))
 old_map_count=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo 0)
 if ((old_map_count < MAP_COUNT_NEEDED)); then
