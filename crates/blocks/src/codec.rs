@@ -1034,21 +1034,7 @@ fn open(
     stored: &[u8],
     path: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
-    use aes_gcm::aead::{Aead, Payload};
-    if stored.len() < SEAL_LEN {
-        return Err(CodecError::Decrypt);
-    }
-    let (nonce, sealed) = stored.split_at(NONCE_LEN);
-    let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CodecError::Decrypt)?;
-    cipher
-        .decrypt(
-            nonce.into(),
-            Payload {
-                msg: sealed,
-                aad: &frame_aad(fixed, frame, flags, path),
-            },
-        )
-        .map_err(|_| CodecError::Decrypt)
+    open_sealed(cipher, stored, &frame_aad(fixed, frame, flags, path))
 }
 
 fn aad_v1(header16: &[u8], path: &[u8]) -> Vec<u8> {
@@ -1064,20 +1050,23 @@ fn decrypt_v1(
     payload: &[u8],
     path: &[u8],
 ) -> Result<Vec<u8>, CodecError> {
+    open_sealed(cipher, payload, &aad_v1(header16, path))
+}
+
+/// Opens `nonce · sealed · tag` under `aad` (both format versions seal this way).
+fn open_sealed(
+    cipher: &aes_gcm::Aes256Gcm,
+    stored: &[u8],
+    aad: &[u8],
+) -> Result<Vec<u8>, CodecError> {
     use aes_gcm::aead::{Aead, Payload};
-    if payload.len() < SEAL_LEN {
+    if stored.len() < SEAL_LEN {
         return Err(CodecError::Decrypt);
     }
-    let (nonce, sealed) = payload.split_at(NONCE_LEN);
+    let (nonce, sealed) = stored.split_at(NONCE_LEN);
     let nonce: &[u8; NONCE_LEN] = nonce.try_into().map_err(|_| CodecError::Decrypt)?;
     cipher
-        .decrypt(
-            nonce.into(),
-            Payload {
-                msg: sealed,
-                aad: &aad_v1(header16, path),
-            },
-        )
+        .decrypt(nonce.into(), Payload { msg: sealed, aad })
         .map_err(|_| CodecError::Decrypt)
 }
 

@@ -442,6 +442,29 @@ fn open_s3(cfg: &StoreConfig, url: &str) -> Result<(Arc<dyn ObjectStore>, Locati
     ))
 }
 
+/// A copy in the disk cache failed verification, so the caller reads the object store
+/// instead: logged, and dropped unless it is staged (then it is the block's only copy until
+/// uploaded, and the uploader's own check decides).
+async fn cached_copy_failed(
+    cache: &DiskCache,
+    path: &Path,
+    staged: bool,
+    reason: impl std::fmt::Display,
+) {
+    if staged {
+        tracing::error!(
+            path = %path, dir = %cache.dir().display(), %reason,
+            "a block waiting for upload in the disk cache failed verification; reading it from the object store"
+        );
+    } else {
+        tracing::warn!(
+            path = %path, dir = %cache.dir().display(), %reason,
+            "cached copy of a block failed verification; dropped it, reading the block from the object store"
+        );
+        cache.remove(path.as_ref()).await;
+    }
+}
+
 impl BlockStore {
     /// Opens the block store of `volume` described by `cfg`. Makes no request (a local folder is
     /// created if missing); use [`BlockStore::check`] to prove the store works. With a cache
@@ -666,17 +689,7 @@ impl BlockStore {
             if let Some((stored, staged)) = cache.get(path.as_ref()).await {
                 match core.decode(stored, &path).await {
                     Ok(raw) => return Ok(raw),
-                    Err(reason) if staged => tracing::error!(
-                        path = %path, dir = %cache.dir().display(), %reason,
-                        "a block waiting for upload in the disk cache failed verification; reading it from the object store"
-                    ),
-                    Err(reason) => {
-                        tracing::warn!(
-                            path = %path, dir = %cache.dir().display(), %reason,
-                            "cached copy of a block failed verification; dropped it, reading the block from the object store"
-                        );
-                        cache.remove(path.as_ref()).await;
-                    }
+                    Err(reason) => cached_copy_failed(cache, &path, staged, reason).await,
                 }
             }
         }
@@ -724,17 +737,7 @@ impl BlockStore {
             if let Some((stored, staged)) = cache.get(path.as_ref()).await {
                 match core.decode_range(stored, &path, range.clone()).await {
                     Ok(raw) => return Ok(Part::Range(raw)),
-                    Err(reason) if staged => tracing::error!(
-                        path = %path, dir = %cache.dir().display(), %reason,
-                        "a block waiting for upload in the disk cache failed verification; reading it from the object store"
-                    ),
-                    Err(reason) => {
-                        tracing::warn!(
-                            path = %path, dir = %cache.dir().display(), %reason,
-                            "cached copy of a block failed verification; dropped it, reading the block from the object store"
-                        );
-                        cache.remove(path.as_ref()).await;
-                    }
+                    Err(reason) => cached_copy_failed(cache, &path, staged, reason).await,
                 }
             }
         }

@@ -137,13 +137,7 @@ fn random_writes_match_local_copy() {
             rng.range(0, size)
         };
         let data = random_bytes(rng.next_u64(), len as usize);
-        f.write_all_at(&data, off)
-            .unwrap_or_else(|e| panic!("write #{i} of {len} at {off}: {e}"));
-        let end = (off + len) as usize;
-        if end > model.len() {
-            model.resize(end, 0);
-        }
-        model[off as usize..end].copy_from_slice(&data);
+        write_both(&f, &mut model, off, &data, i);
         if i % 50 == 49 {
             // Read-your-writes through the same descriptor, before close.
             let (o, l) = (rng.range(0, model.len() as u64 - 1), rng.range(1, 2 * MIB));
@@ -246,6 +240,18 @@ fn random_reads_match(c: &mut Cluster, rng: &mut Rng) {
         "whole read after random reads",
     );
     c.assert_no_panics();
+}
+
+/// Write #`i`: `data` at `off` to the file and to its model (which grows as the file does).
+fn write_both(f: &File, model: &mut Vec<u8>, off: u64, data: &[u8], i: usize) {
+    let len = data.len();
+    f.write_all_at(data, off)
+        .unwrap_or_else(|e| panic!("write #{i} of {len} at {off}: {e}"));
+    let end = off as usize + len;
+    if end > model.len() {
+        model.resize(end, 0);
+    }
+    model[off as usize..end].copy_from_slice(data);
 }
 
 /// Reads of random ranges (within a block, across blocks, at the end) match the model.
@@ -642,13 +648,7 @@ fn truncate_of_buffered_writes_matches_local_copy() {
                 rng.range(0, model.len() as u64 + MIB)
             };
             let data = random_bytes(rng.next_u64(), len as usize);
-            f.write_all_at(&data, off)
-                .unwrap_or_else(|e| panic!("write #{i} of {len} at {off}: {e}"));
-            let end = (off + len) as usize;
-            if end > model.len() {
-                model.resize(end, 0);
-            }
-            model[off as usize..end].copy_from_slice(&data);
+            write_both(&f, &mut model, off, &data, i);
         }
         let meta = f.metadata().expect("fstat");
         assert_eq!(meta.len(), model.len() as u64, "size after step #{i}");

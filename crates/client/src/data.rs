@@ -129,6 +129,13 @@ struct FileInner {
     last_commit: u64,
 }
 
+impl FileInner {
+    /// Nothing buffered, uploading or failed: a flush of the file has nothing to do.
+    fn nothing_to_commit(&self) -> bool {
+        !self.changed && self.dirty.is_empty() && self.pending.is_empty() && self.error.is_none()
+    }
+}
+
 struct FileState {
     inner: Mutex<FileInner>,
 }
@@ -233,6 +240,18 @@ impl FreshDirs {
 
 fn io_err(what: impl std::fmt::Display) -> RpcError {
     RpcError::new(ErrorCode::Io, what.to_string())
+}
+
+/// A block read the store could not answer (after its retries, or with bytes that failed
+/// verification): logged with the block's name, and EIO for the reader.
+fn read_failed(ino: Ino, r: BlockRef, e: cairn_blocks::BlockError) -> RpcError {
+    warn!(
+        ino,
+        index = r.index,
+        version = r.version,
+        "block read failed: {e}"
+    );
+    io_err(format!("read block {} of inode {ino}: {e}", r.index))
 }
 
 fn unexpected(r: Reply) -> RpcError {
@@ -799,16 +818,26 @@ impl Client {
         if let Some(f) = self.file(ino) {
             let mut inner = f.inner.lock().await;
             result = self.flush_locked(ino, &mut inner).await;
-            inner.opens = inner.opens.saturating_sub(1);
-            if inner.opens == 0 && result.is_ok() {
-                self.files.lock().expect("files lock").remove(&ino);
-            }
+            self.closed(ino, &mut inner, result.is_ok());
         }
-        // The server hears of it a little later, with other closes in one commit: nothing
-        // waits on it, and until then the file only stays alive a little longer.
+        self.queue_release(ino);
+        result
+    }
+
+    /// One open of `ino` ends; the last one drops the file's state, unless its writes failed to
+    /// commit (they stay for the next flush to report).
+    fn closed(&self, ino: Ino, inner: &mut FileInner, committed: bool) {
+        inner.opens = inner.opens.saturating_sub(1);
+        if inner.opens == 0 && committed {
+            self.files.lock().expect("files lock").remove(&ino);
+        }
+    }
+
+    /// The server hears of a close a little later, with other closes in one commit: nothing
+    /// waits on it, and until then the file only stays alive a little longer.
+    fn queue_release(&self, ino: Ino) {
         self.releases.lock().expect("releases lock").push(ino);
         self.release_wake.notify_one();
-        result
     }
 
     /// Send the releases queued by closes, as they come; many in flight share one commit.
@@ -893,39 +922,35 @@ impl Client {
     /// writes, no error to report and no lock of this mount to drop. Then the FUSE thread replies
     /// at once instead of handing the request to the runtime.
     pub fn flush_is_noop(&self, ino: Ino, owner: Option<u64>) -> bool {
-        if owner.is_some() && self.locked.lock().expect("locked lock").contains(&ino) {
+        if self.holds_locks(ino, owner) {
             return false;
         }
-        let Some(f) = self.file(ino) else {
-            return true;
-        };
-        let Ok(inner) = f.inner.try_lock() else {
-            return false;
-        };
-        !inner.changed
-            && inner.dirty.is_empty()
-            && inner.pending.is_empty()
-            && inner.error.is_none()
+        self.file(ino)
+            .is_none_or(|f| f.inner.try_lock().is_ok_and(|i| i.nothing_to_commit()))
     }
 
     /// [`Client::release`] done on the caller's thread when it has nothing to wait for
     /// ([`Client::flush_is_noop`]); false (and nothing done) otherwise.
     pub fn try_release_now(&self, ino: Ino, owner: Option<u64>) -> bool {
-        if !self.flush_is_noop(ino, owner) {
+        if self.holds_locks(ino, owner) {
             return false;
         }
         if let Some(f) = self.file(ino) {
             let Ok(mut inner) = f.inner.try_lock() else {
                 return false;
             };
-            inner.opens = inner.opens.saturating_sub(1);
-            if inner.opens == 0 {
-                self.files.lock().expect("files lock").remove(&ino);
+            if !inner.nothing_to_commit() {
+                return false;
             }
+            self.closed(ino, &mut inner, true);
         }
-        self.releases.lock().expect("releases lock").push(ino);
-        self.release_wake.notify_one();
+        self.queue_release(ino);
         true
+    }
+
+    /// Whether a close by lock owner `owner` has locks of this mount to drop on `ino`.
+    fn holds_locks(&self, ino: Ino, owner: Option<u64>) -> bool {
+        owner.is_some() && self.locked.lock().expect("locked lock").contains(&ino)
     }
 
     /// Make every write so far committed (flush and close).
@@ -978,7 +1003,7 @@ impl Client {
     /// Release every lock `owner` holds on `ino` (a close by that owner), if this mount ever
     /// locked the file.
     pub async fn release_locks(&self, ino: Ino, owner: u64) -> Result<(), RpcError> {
-        if !self.locked.lock().expect("locked lock").contains(&ino) {
+        if !self.holds_locks(ino, Some(owner)) {
             return Ok(());
         }
         let all = LockSpec {
@@ -1167,11 +1192,7 @@ impl Client {
     }
 
     async fn flush_locked(&self, ino: Ino, inner: &mut FileInner) -> Result<(), RpcError> {
-        if !inner.changed
-            && inner.dirty.is_empty()
-            && inner.pending.is_empty()
-            && inner.error.is_none()
-        {
+        if inner.nothing_to_commit() {
             return Ok(());
         }
         let dirty = std::mem::take(&mut inner.dirty);
@@ -1235,15 +1256,7 @@ impl Client {
             .store
             .get(&self.key(ino, r.index, r.version))
             .await
-            .map_err(|e| {
-                warn!(
-                    ino,
-                    index = r.index,
-                    version = r.version,
-                    "block read failed: {e}"
-                );
-                io_err(format!("read block {} of inode {ino}: {e}", r.index))
-            })?;
+            .map_err(|e| read_failed(ino, r, e))?;
         drop(permit);
         let _ = guard.insert(data.clone());
         // Frames of the block that random reads cached are now redundant: give their bytes back.
@@ -1284,15 +1297,7 @@ impl Client {
                 .store
                 .get_part(&self.key(ino, r.index, r.version), span.clone(), block_len)
                 .await
-                .map_err(|e| {
-                    warn!(
-                        ino,
-                        index = r.index,
-                        version = r.version,
-                        "block read failed: {e}"
-                    );
-                    io_err(format!("read block {} of inode {ino}: {e}", r.index))
-                })?;
+                .map_err(|e| read_failed(ino, r, e))?;
             drop(permit);
             let got = match part {
                 Part::Range(got) => got,

@@ -182,28 +182,36 @@ impl ReplySink {
         if st.closed {
             return;
         }
-        let mut written = 0;
-        if st.queue.is_empty() {
-            loop {
-                match self.wr.try_write(&buf[written..]) {
-                    Ok(n) if n > 0 => {
-                        written += n;
-                        if written == buf.len() {
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Ok(_) | Err(_) => {
-                        st.closed = true;
-                        return;
-                    }
-                }
-            }
-            st.written = written;
-        }
         st.queue.push_back(buf);
+        if st.queue.len() == 1 && !self.write_queued(&mut st) {
+            return;
+        }
         drop(st);
         self.queued.notify_one();
+    }
+
+    /// Writes queued frames, oldest first, as far as the socket takes them without waiting.
+    /// True if some are left for when the socket is writable again; a broken socket closes the
+    /// sink (and leaves nothing).
+    fn write_queued(&self, st: &mut SinkState) -> bool {
+        while let Some(front) = st.queue.front() {
+            match self.wr.try_write(&front[st.written..]) {
+                Ok(n) if n > 0 => {
+                    st.written += n;
+                    if st.written == front.len() {
+                        st.queue.pop_front();
+                        st.written = 0;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return true,
+                Ok(_) | Err(_) => {
+                    st.closed = true;
+                    st.queue.clear();
+                    return false;
+                }
+            }
+        }
+        false
     }
 
     /// Stop sending: what is queued is dropped, later answers too.
@@ -221,33 +229,11 @@ impl ReplySink {
             self.queued.notified().await;
             loop {
                 let blocked = {
-                    let mut guard = self.state.lock().expect("sink lock");
-                    let st = &mut *guard;
+                    let mut st = self.state.lock().expect("sink lock");
                     if st.closed {
                         return;
                     }
-                    let mut blocked = false;
-                    while let Some(front) = st.queue.front() {
-                        match self.wr.try_write(&front[st.written..]) {
-                            Ok(n) if n > 0 => {
-                                st.written += n;
-                                if st.written == front.len() {
-                                    st.queue.pop_front();
-                                    st.written = 0;
-                                }
-                            }
-                            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                                blocked = true;
-                                break;
-                            }
-                            Ok(_) | Err(_) => {
-                                st.closed = true;
-                                st.queue.clear();
-                                return;
-                            }
-                        }
-                    }
-                    blocked
+                    self.write_queued(&mut st)
                 };
                 if !blocked {
                     break;
