@@ -454,7 +454,10 @@ fn serve_mount(
         fsname: format!("cairn:{volume}"),
         allow_other: true,
         nonempty,
-        threads: 2,
+        // Metadata requests wait for their answer on the FUSE thread (thread lanes, see
+        // cairn_client::rpc): with 2 threads, 4 processes creating files sent at most 2 requests
+        // to the server at once. Each thread holds a 1 MiB request buffer.
+        threads: 16,
     };
     let mut session = MountedSession::mount(fs, &opts)?;
     let mut unmounter = session.unmounter();

@@ -9,6 +9,7 @@ use fuser::{
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
+use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
@@ -122,20 +123,49 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 pub struct CairnFuse {
     client: Arc<Client>,
     rt: Handle,
+    /// Metadata requests start on the FUSE thread, over its own connection (see [`Self::run`]).
+    inline: bool,
 }
 
 impl CairnFuse {
-    /// Serve `client` with futures run on `rt`.
+    /// Serve `client` with futures run on `rt`. `CAIRN_THREAD_LANES=0` in the environment sends
+    /// every request through the runtime (to measure what the lanes bring).
     pub fn new(client: Arc<Client>, rt: Handle) -> Self {
-        CairnFuse { client, rt }
+        let inline = std::env::var("CAIRN_THREAD_LANES").map_or(true, |v| v != "0");
+        CairnFuse { client, rt, inline }
     }
 
+    /// Run a request's future on the runtime.
     fn spawn<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
     {
         let span = tracing::warn_span!("fuse", op, ino);
         self.rt.spawn(f(self.client.clone()).instrument(span));
+    }
+
+    /// Start a metadata request on this FUSE thread: its first poll runs here, with the
+    /// metadata calls it makes going over this thread's own blocking connection
+    /// ([`cairn_client::rpc::with_thread_lane`]), so a request that needs one round trip is
+    /// answered without waking any other thread. Whatever is not done after that poll (a lock
+    /// to wait for, a block to fetch, a lane that failed) goes on as a task on the runtime,
+    /// which polls it again with a real waker. Only for requests whose work is metadata: a FUSE
+    /// thread must not spend long on one request while others queue behind it.
+    fn run<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if !self.inline {
+            return self.spawn(op, ino, f);
+        }
+        let span = tracing::warn_span!("fuse", op, ino);
+        let mut fut = Box::pin(f(self.client.clone()).instrument(span));
+        let _runtime = self.rt.enter();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let first = cairn_client::rpc::with_thread_lane(|| fut.as_mut().poll(&mut cx));
+        if first.is_pending() {
+            self.rt.spawn(fut);
+        }
     }
 }
 
@@ -225,7 +255,7 @@ impl Filesystem for CairnFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
-        self.spawn("lookup", parent.0, move |c| async move {
+        self.run("lookup", parent.0, move |c| async move {
             match c.lookup(parent.0, &n).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 // An expected miss: not worth a log line.
@@ -239,7 +269,7 @@ impl Filesystem for CairnFuse {
             reply.attr(&TTL, &attr(&a));
             return;
         }
-        self.spawn("getattr", ino.0, move |c| async move {
+        self.run("getattr", ino.0, move |c| async move {
             match c.getattr(ino.0).await {
                 Ok(a) => reply.attr(&TTL, &attr(&a)),
                 Err(e) => reply.error(reply_err("getattr", &e)),
@@ -275,7 +305,7 @@ impl Filesystem for CairnFuse {
             ctime: ctime.map(Timestamp::from),
         };
         let who = caller(req);
-        self.spawn("setattr", ino.0, move |c| async move {
+        self.run("setattr", ino.0, move |c| async move {
             match c.setattr(ino.0, set, who).await {
                 Ok(a) => reply.attr(&TTL, &attr(&a)),
                 Err(e) => reply.error(reply_err("setattr", &e)),
@@ -284,7 +314,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.spawn("readlink", ino.0, move |c| async move {
+        self.run("readlink", ino.0, move |c| async move {
             match c.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(reply_err("readlink", &e)),
@@ -307,7 +337,7 @@ impl Filesystem for CairnFuse {
             return;
         };
         let (n, who) = (name(n), creator(req, umask));
-        self.spawn("mknod", parent.0, move |c| async move {
+        self.run("mknod", parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false)
                 .await
@@ -328,7 +358,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyEntry,
     ) {
         let (n, who) = (name(n), creator(req, umask));
-        self.spawn("mkdir", parent.0, move |c| async move {
+        self.run("mkdir", parent.0, move |c| async move {
             match c.mkdir(parent.0, &n, mode & 0o7777, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("mkdir", &e)),
@@ -338,7 +368,7 @@ impl Filesystem for CairnFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (n, who) = (name(n), caller(req));
-        self.spawn("unlink", parent.0, move |c| async move {
+        self.run("unlink", parent.0, move |c| async move {
             match c.unlink(parent.0, &n, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("unlink", &e)),
@@ -348,7 +378,7 @@ impl Filesystem for CairnFuse {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (n, who) = (name(n), caller(req));
-        self.spawn("rmdir", parent.0, move |c| async move {
+        self.run("rmdir", parent.0, move |c| async move {
             match c.rmdir(parent.0, &n, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("rmdir", &e)),
@@ -369,7 +399,7 @@ impl Filesystem for CairnFuse {
             target.as_os_str().as_bytes().to_vec(),
             caller(req),
         );
-        self.spawn("symlink", parent.0, move |c| async move {
+        self.run("symlink", parent.0, move |c| async move {
             match c.symlink(parent.0, &n, &t, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("symlink", &e)),
@@ -400,7 +430,7 @@ impl Filesystem for CairnFuse {
             reply.error(Errno::EINVAL);
             return;
         }
-        self.spawn("rename", parent.0, move |c| async move {
+        self.run("rename", parent.0, move |c| async move {
             match c.rename(parent.0, &n, newparent.0, &nn, wire, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("rename", &e)),
@@ -417,7 +447,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyEntry,
     ) {
         let (nn, who) = (name(newname), caller(req));
-        self.spawn("link", ino.0, move |c| async move {
+        self.run("link", ino.0, move |c| async move {
             match c.link(ino.0, newparent.0, &nn, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("link", &e)),
@@ -426,7 +456,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.spawn("open", ino.0, move |c| async move {
+        self.run("open", ino.0, move |c| async move {
             match c.open(ino.0).await {
                 // Close-to-open: the kernel's page cache of the file is dropped at open, unless
                 // the file is the version this mount last saw (then its pages are still right).
@@ -489,7 +519,7 @@ impl Filesystem for CairnFuse {
             reply.ok();
             return;
         }
-        self.spawn("flush", ino.0, move |c| async move {
+        self.run("flush", ino.0, move |c| async move {
             // A close by a lock owner drops its POSIX locks on the file.
             let unlocked = c.release_locks(ino.0, lock.0).await;
             match c.flush(ino.0).await.and(unlocked) {
@@ -513,7 +543,7 @@ impl Filesystem for CairnFuse {
             reply.ok();
             return;
         }
-        self.spawn("release", ino.0, move |c| async move {
+        self.run("release", ino.0, move |c| async move {
             // Set when the last close of an open file description drops its flock.
             let unlocked = match lock {
                 Some(owner) => c.release_locks(ino.0, owner.0).await,
@@ -566,7 +596,7 @@ impl Filesystem for CairnFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.spawn("readdir", ino.0, move |c| async move {
+        self.run("readdir", ino.0, move |c| async move {
             // Offsets: 1 is ".", 2 is "..", then the server's stable cookies (all >= 3).
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return reply.ok();
@@ -607,7 +637,7 @@ impl Filesystem for CairnFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.spawn("readdirplus", ino.0, move |c| async move {
+        self.run("readdirplus", ino.0, move |c| async move {
             // "." and ".." carry no lookup count in the kernel; their attributes are the
             // directory's own (the kernel ignores those of ".."). Only the first batch of a
             // listing holds them, so only it pays for the getattr.
@@ -652,7 +682,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.spawn("statfs", 1, move |c| async move {
+        self.run("statfs", 1, move |c| async move {
             match c.statfs().await {
                 Ok(s) => {
                     let bsize = 4096u64;
@@ -694,7 +724,7 @@ impl Filesystem for CairnFuse {
         if flags & libc::XATTR_REPLACE != 0 {
             wire |= cairn_proto::xattr_flags::REPLACE;
         }
-        self.spawn("setxattr", ino.0, move |c| async move {
+        self.run("setxattr", ino.0, move |c| async move {
             match c.setxattr(ino.0, &n, &v, wire).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("setxattr", &e)),
@@ -709,7 +739,7 @@ impl Filesystem for CairnFuse {
             reply.error(Errno::ENODATA);
             return;
         }
-        self.spawn("getxattr", ino.0, move |c| async move {
+        self.run("getxattr", ino.0, move |c| async move {
             match c.getxattr(ino.0, &n).await {
                 Ok(v) if size == 0 => reply.size(v.len() as u32),
                 Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
@@ -720,7 +750,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.spawn("listxattr", ino.0, move |c| async move {
+        self.run("listxattr", ino.0, move |c| async move {
             match c.listxattr(ino.0).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -743,7 +773,7 @@ impl Filesystem for CairnFuse {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.spawn("removexattr", ino.0, move |c| async move {
+        self.run("removexattr", ino.0, move |c| async move {
             match c.removexattr(ino.0, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("removexattr", &e)),
@@ -766,7 +796,7 @@ impl Filesystem for CairnFuse {
         let Some(lock) = lock_spec(owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
-        self.spawn("getlk", ino.0, move |c| async move {
+        self.run("getlk", ino.0, move |c| async move {
             match c.get_lock(ino.0, lock).await {
                 Ok(Some(l)) => {
                     let typ = if l.typ == LockType::Write {
@@ -851,7 +881,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyCreate,
     ) {
         let (n, who) = (name(n), creator(req, umask));
-        self.spawn("create", parent.0, move |c| async move {
+        self.run("create", parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true)
                 .await

@@ -80,6 +80,28 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     Ok(Some((u64::from_be_bytes(id), body)))
 }
 
+/// Read one frame from a blocking reader (the mount's per-thread lane, see the client's rpc
+/// module): its request id and message bytes. `Ok(None)` on a clean end of stream.
+pub fn read_frame_blocking<R: std::io::Read>(
+    r: &mut R,
+) -> Result<Option<(u64, Vec<u8>)>, FrameError> {
+    let mut len = [0u8; 4];
+    match r.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len);
+    if !(8..=MAX_FRAME_LEN).contains(&len) {
+        return Err(FrameError::BadLength(len));
+    }
+    let mut id = [0u8; 8];
+    r.read_exact(&mut id)?;
+    let mut body = vec![0u8; len as usize - 8];
+    r.read_exact(&mut body)?;
+    Ok(Some((u64::from_be_bytes(id), body)))
+}
+
 /// Write one already-encoded frame.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, frame: &[u8]) -> Result<(), FrameError> {
     w.write_all(frame).await?;
@@ -104,6 +126,31 @@ mod tests {
         let (id, body) = read_frame(&mut r).await.unwrap().unwrap();
         assert_eq!(id, 42);
         assert_eq!(decode::<Envelope>(&body).unwrap(), env);
+    }
+
+    #[test]
+    fn blocking_reader_reads_what_the_async_one_does() {
+        let env = Envelope {
+            session: 1,
+            seq: 0,
+            acked: 0,
+            request: Request::Lookup {
+                parent: 1,
+                name: b"x".to_vec(),
+            },
+        };
+        let mut buf = encode(5, &env).unwrap();
+        buf.extend(encode(6, &env).unwrap());
+        let mut r = &buf[..];
+        let (id, body) = read_frame_blocking(&mut r).unwrap().unwrap();
+        assert_eq!((id, decode::<Envelope>(&body).unwrap()), (5, env.clone()));
+        assert_eq!(read_frame_blocking(&mut r).unwrap().unwrap().0, 6);
+        assert!(read_frame_blocking(&mut r).unwrap().is_none());
+        let mut hostile: &[u8] = &[0, 0, 0, 3, 0, 0, 0, 0];
+        assert!(matches!(
+            read_frame_blocking(&mut hostile),
+            Err(FrameError::BadLength(3))
+        ));
     }
 
     #[tokio::test]
