@@ -149,8 +149,10 @@ impl CairnFuse {
     /// ([`cairn_client::rpc::with_thread_lane`]), so a request that needs one round trip is
     /// answered without waking any other thread. Whatever is not done after that poll (a lock
     /// to wait for, a block to fetch, a lane that failed) goes on as a task on the runtime,
-    /// which polls it again with a real waker. Only for requests whose work is metadata: a FUSE
-    /// thread must not spend long on one request while others queue behind it.
+    /// which polls it again with a real waker. So a read served from memory, or a write that only
+    /// copies into the file's buffer, is answered by the thread that received it. Not for
+    /// requests that mostly wait (fsync, lock waits): a FUSE thread must not spend long on one
+    /// request while others queue behind it.
     fn run<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: std::future::Future<Output = ()> + Send + 'static,
@@ -478,7 +480,7 @@ impl Filesystem for CairnFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        self.spawn("read", ino.0, move |c| async move {
+        self.run("read", ino.0, move |c| async move {
             match c.read(ino.0, offset, size).await {
                 Ok(d) => reply.data(&d),
                 Err(e) => reply.error(reply_err("read", &e)),
@@ -499,7 +501,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.spawn("write", ino.0, move |c| async move {
+        self.run("write", ino.0, move |c| async move {
             match c.write(ino.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(reply_err("write", &e)),
