@@ -217,6 +217,7 @@ impl MetaClient {
                 volume: self.cfg.volume.clone(),
                 session: resume,
                 client: self.cfg.client_name.clone(),
+                attach: false,
             },
         };
         let buf = frame::encode(0, &hello).map_err(|e| Transport::Broken(e.to_string()))?;
@@ -391,7 +392,7 @@ impl MetaClient {
     }
 
     /// Connect a lane and attach it to `session` (never a new session: a server that no longer
-    /// knows it answers the multiplexed connection's next Hello, which opens the new one).
+    /// knows it refuses, and the multiplexed connection's next Hello opens the new one).
     fn open_lane(&self, session: u64) -> Result<Lane, String> {
         if session == 0 {
             return Err("no session yet".into());
@@ -414,7 +415,8 @@ impl MetaClient {
                 protocol: PROTOCOL_VERSION,
                 volume: self.cfg.volume.clone(),
                 session: Some(session),
-                client: format!("{} (thread lane)", self.cfg.client_name),
+                client: self.cfg.client_name.clone(),
+                attach: true,
             },
         };
         let buf = frame::encode(0, &hello).map_err(|e| e.to_string())?;
@@ -432,9 +434,9 @@ impl MetaClient {
                 rd,
                 next_id: 0,
             }),
-            Ok(Reply::Hello { session: s, .. }) => Err(format!(
-                "the server no longer knows session {session} (it offered {s})"
-            )),
+            Ok(Reply::Hello { session: s, .. }) => {
+                Err(format!("attached to session {s}, not {session}"))
+            }
             Ok(other) => Err(format!("unexpected handshake reply {other:?}")),
             Err(e) => Err(e.to_string()),
         }

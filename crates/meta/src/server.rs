@@ -574,12 +574,14 @@ async fn connection(
             volume,
             session: resume,
             client,
+            attach,
         } = env.request
         {
             let sh = shared.clone();
-            let resp =
-                tokio::task::spawn_blocking(move || hello(&sh, protocol, &volume, resume, &client))
-                    .await?;
+            let resp = tokio::task::spawn_blocking(move || {
+                hello(&sh, protocol, &volume, resume, &client, attach)
+            })
+            .await?;
             if let Ok(Reply::Hello { session: s, .. }) = &resp {
                 session = Some(*s);
             }
@@ -718,6 +720,7 @@ fn hello(
     volume: &str,
     resume: Option<u64>,
     client: &str,
+    attach: bool,
 ) -> Response {
     if protocol != PROTOCOL_VERSION {
         return Err(RpcError::new(
@@ -735,6 +738,22 @@ fn hello(
         ));
     }
     let known = resume.filter(|s| shared.seen.lock().expect("sessions lock").contains_key(s));
+    if attach {
+        // One more connection of a live mount (a thread lane): no session of its own, and not
+        // worth a log line each.
+        let Some(session) = known else {
+            return Err(RpcError::new(
+                ErrorCode::Stale,
+                "no such session to attach to: it expired or the server lost it",
+            ));
+        };
+        debug!(session, client, "connection attached to a session");
+        return Ok(Reply::Hello {
+            session,
+            volume: shared.info.clone(),
+            heartbeat_ms: shared.heartbeat.as_millis() as u64,
+        });
+    }
     let session = match known {
         Some(s) => s,
         None => {

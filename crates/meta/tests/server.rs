@@ -34,6 +34,18 @@ struct Raw {
 
 impl Raw {
     async fn connect(addr: std::net::SocketAddr, resume: Option<u64>) -> Raw {
+        match Raw::hello(addr, resume, false).await {
+            (raw, Ok(_)) => raw,
+            (_, other) => panic!("hello failed: {other:?}"),
+        }
+    }
+
+    /// Connect and say Hello; the connection and the answer, whatever it is.
+    async fn hello(
+        addr: std::net::SocketAddr,
+        resume: Option<u64>,
+        attach: bool,
+    ) -> (Raw, Response) {
         let mut raw = Raw {
             sock: TcpStream::connect(addr).await.unwrap(),
             next: 1,
@@ -44,12 +56,13 @@ impl Raw {
             volume: "v".into(),
             session: resume,
             client: "test".into(),
+            attach,
         };
-        match raw.send(0, hello).await {
-            Ok(Reply::Hello { session, .. }) => raw.session = session,
-            other => panic!("hello failed: {other:?}"),
+        let resp = raw.send(0, hello).await;
+        if let Ok(Reply::Hello { session, .. }) = &resp {
+            raw.session = *session;
         }
-        raw
+        (raw, resp)
     }
 
     async fn send(&mut self, seq: u64, request: Request) -> Response {
@@ -116,6 +129,29 @@ async fn a_retried_mutation_is_applied_once_even_across_a_restart() {
         c.send(3, mknod("b")).await.unwrap_err().code,
         ErrorCode::Exists
     );
+    server.stop().await.unwrap();
+}
+
+/// A mount's thread lanes attach to its session: a mutation sent on one connection and resent
+/// on another with the same sequence number is applied once, and an attach never opens a
+/// session (an unknown one is refused).
+#[tokio::test]
+async fn attached_connections_share_the_session_and_never_open_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let addr = server.local_addr();
+    let mut main = Raw::connect(addr, None).await;
+    let (mut lane, resp) = Raw::hello(addr, Some(main.session), true).await;
+    assert!(
+        matches!(resp, Ok(Reply::Hello { session, .. }) if session == main.session),
+        "{resp:?}"
+    );
+    let first = lane.send(1, mknod("a")).await.unwrap();
+    assert_eq!(main.send(1, mknod("a")).await.unwrap(), first);
+    let (_, refused) = Raw::hello(addr, Some(main.session + 1), true).await;
+    assert_eq!(refused.unwrap_err().code, ErrorCode::Stale);
+    let (_, refused) = Raw::hello(addr, None, true).await;
+    assert_eq!(refused.unwrap_err().code, ErrorCode::Stale);
     server.stop().await.unwrap();
 }
 

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the metadata RPC protocol; exchanged in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Inode number. 1 is the root directory of a volume.
 pub type Ino = u64;
@@ -290,6 +290,9 @@ pub enum Request {
         session: Option<u64>,
         /// Host name and mount point, for the operator's session list.
         client: String,
+        /// Attach one more connection to `session` (a mount's thread lane): never opens a new
+        /// session; a session the server does not know is refused with `Stale`.
+        attach: bool,
     },
     /// Find `name` in directory `parent`.
     Lookup { parent: Ino, name: Vec<u8> },
