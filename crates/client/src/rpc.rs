@@ -208,19 +208,9 @@ impl MetaClient {
             0 => None,
             s => Some(s),
         };
-        let hello = Envelope {
-            session: 0,
-            seq: 0,
-            acked: 0,
-            request: Request::Hello {
-                protocol: PROTOCOL_VERSION,
-                volume: self.cfg.volume.clone(),
-                session: resume,
-                client: self.cfg.client_name.clone(),
-                attach: false,
-            },
-        };
-        let buf = frame::encode(0, &hello).map_err(|e| Transport::Broken(e.to_string()))?;
+        let buf = self
+            .hello_frame(resume, false)
+            .map_err(|e| Transport::Broken(e.to_string()))?;
         wr.write_all(&buf)
             .await
             .map_err(|e| Transport::Broken(e.to_string()))?;
@@ -280,6 +270,28 @@ impl MetaClient {
             generation,
             dead,
         }))
+    }
+
+    /// The encoded Hello that opens a connection: resuming `session` if given; `attach` for a
+    /// thread lane.
+    fn hello_frame(
+        &self,
+        session: Option<u64>,
+        attach: bool,
+    ) -> Result<Vec<u8>, frame::FrameError> {
+        let hello = Envelope {
+            session: 0,
+            seq: 0,
+            acked: 0,
+            request: Request::Hello {
+                protocol: PROTOCOL_VERSION,
+                volume: self.cfg.volume.clone(),
+                session,
+                client: self.cfg.client_name.clone(),
+                attach,
+            },
+        };
+        frame::encode(0, &hello)
     }
 
     async fn drop_conn(&self, generation: u64) {
@@ -407,19 +419,9 @@ impl MetaClient {
         sock.set_read_timeout(Some(LANE_TIMEOUT))
             .and_then(|()| sock.set_write_timeout(Some(LANE_TIMEOUT)))
             .map_err(|e| e.to_string())?;
-        let hello = Envelope {
-            session: 0,
-            seq: 0,
-            acked: 0,
-            request: Request::Hello {
-                protocol: PROTOCOL_VERSION,
-                volume: self.cfg.volume.clone(),
-                session: Some(session),
-                client: self.cfg.client_name.clone(),
-                attach: true,
-            },
-        };
-        let buf = frame::encode(0, &hello).map_err(|e| e.to_string())?;
+        let buf = self
+            .hello_frame(Some(session), true)
+            .map_err(|e| e.to_string())?;
         (&sock).write_all(&buf).map_err(|e| e.to_string())?;
         let mut rd =
             BufReader::with_capacity(64 << 10, sock.try_clone().map_err(|e| e.to_string())?);

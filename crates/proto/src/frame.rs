@@ -59,6 +59,16 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, FrameError> {
         .map_err(|e| FrameError::Decode(e.to_string()))
 }
 
+/// The message length of a frame whose length field reads `len` (big-endian bytes), checked
+/// against the bounds before anything is allocated.
+fn body_len(len: [u8; 4]) -> Result<usize, FrameError> {
+    let len = u32::from_be_bytes(len);
+    if !(8..=MAX_FRAME_LEN).contains(&len) {
+        return Err(FrameError::BadLength(len));
+    }
+    Ok(len as usize - 8)
+}
+
 /// Read one frame: its request id and message bytes. `Ok(None)` on a clean end of stream.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
@@ -69,13 +79,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len);
-    if !(8..=MAX_FRAME_LEN).contains(&len) {
-        return Err(FrameError::BadLength(len));
-    }
     let mut id = [0u8; 8];
+    let mut body = vec![0u8; body_len(len)?];
     r.read_exact(&mut id).await?;
-    let mut body = vec![0u8; len as usize - 8];
     r.read_exact(&mut body).await?;
     Ok(Some((u64::from_be_bytes(id), body)))
 }
@@ -91,13 +97,9 @@ pub fn read_frame_blocking<R: std::io::Read>(
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e.into()),
     }
-    let len = u32::from_be_bytes(len);
-    if !(8..=MAX_FRAME_LEN).contains(&len) {
-        return Err(FrameError::BadLength(len));
-    }
     let mut id = [0u8; 8];
+    let mut body = vec![0u8; body_len(len)?];
     r.read_exact(&mut id)?;
-    let mut body = vec![0u8; len as usize - 8];
     r.read_exact(&mut body)?;
     Ok(Some((u64::from_be_bytes(id), body)))
 }
