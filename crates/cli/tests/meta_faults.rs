@@ -449,6 +449,41 @@ fn mount_waits_out_a_30s_meta_outage() {
     check_finished(&w.root, "w", steps.len(), "after the outage");
 }
 
+/// The metadata server stops answering without closing anything (SIGSTOP, as a VM pause or a
+/// long stall would) for 7 s, twice, under two writers: requests sent before and during the
+/// pause wait on their connections (a mount's thread lanes hand their wait to the runtime after
+/// a second), and when the server goes on every operation completes exactly once: the writers
+/// finish without an error and the trees are exactly what they acknowledged.
+#[test]
+fn a_paused_server_applies_every_waiting_request_once() {
+    if !require_fuse() {
+        return;
+    }
+    let c = Cluster::s3(bin())
+        .meta_args(&["--sync"])
+        .timeout(Duration::from_secs(180))
+        .start();
+    const N: u64 = 40;
+    let total: usize = (0..N).map(|i| step_ops(i).len()).sum();
+    let mut a = Workload::start(c.dir(), c.path(), "a", N, None);
+    let mut b = Workload::start(c.dir(), c.path(), "b", N, None);
+    let pid = c.meta().pid().expect("metadata server running");
+    for at in [15, 45] {
+        a.wait_for_steps(at, Duration::from_secs(60));
+        // SAFETY: signals to a process this test started and still holds.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_secs(7));
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    a.finish(Duration::from_secs(90));
+    b.finish(Duration::from_secs(90));
+    for w in [&a, &b] {
+        let steps = w.steps().len();
+        assert_eq!(steps, total, "{}: steps acknowledged", w.tag);
+        check_finished(&w.root, &w.tag, steps, "after the pauses");
+    }
+}
+
 /// A second `cairn meta serve` on a folder a running server holds exits 1 with one error line
 /// naming the folder (and the holder's pid); the first server keeps serving.
 #[test]

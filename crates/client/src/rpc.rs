@@ -16,12 +16,20 @@
 //! server's reply wakes the very thread that answers the kernel. The multiplexed connection
 //! costs three thread wake-ups more per call (the spawned task, the reader task, the task again),
 //! which on a virtual machine is most of a metadata round trip: measured on loopback, a negative
-//! LOOKUP took 164 us through it. A lane is only a shortcut: on any failure (no connection,
-//! timeout, broken socket, the session not resumable) the lane is closed and the call goes on
-//! the multiplexed path with the same sequence number, so a mutation the lane may have delivered
-//! is still applied once. A lane is not tried again on that thread for [`LANE_BACKOFF`], nor
-//! while the multiplexed connection is lost, so a server outage never holds a FUSE thread in a
-//! connect.
+//! LOOKUP took 164 us through it. A lane is only a shortcut, with these rules:
+//! 1. A request that was not wholly written, or whose answer had begun to arrive (so the server
+//!    has applied it and stored its outcome) when the lane broke, goes again on the multiplexed
+//!    path with the same sequence number: the server answers it once.
+//! 2. A request written whole but not answered within [`LANE_WAIT`] is never sent again while the
+//!    lane lives: its answer is awaited on the same connection, off the FUSE thread (the rest of
+//!    the request runs as a task). Sending it on another connection then could let the first copy,
+//!    still on its way, run after its outcome was forgotten, and apply it twice.
+//! 3. A lane that broke, timed out or was refused stops lanes of this client for a backoff
+//!    (1 s, doubling to 30 s, reset by a lane call that works), as does a lost multiplexed
+//!    connection or a session the server no longer knows: a server outage holds a FUSE thread
+//!    for at most one short connect or [`LANE_WAIT`], not once per request.
+//! 4. Lanes connect to the address the multiplexed connection reached (no name resolution on a
+//!    FUSE thread) and attach to its session; they never open one.
 
 use cairn_proto::frame;
 use cairn_proto::*;
@@ -79,16 +87,57 @@ pub struct MetaClient {
     heartbeat_ms: AtomicU64,
     /// Tells this client's thread lanes from another client's (tests run several in a process).
     id: u64,
+    /// The server's address as the multiplexed connection reached it: where lanes connect.
+    peer: StdMutex<Option<std::net::SocketAddr>>,
+    /// Lanes are not used before this time, and the backoff that set it.
+    lanes_off: StdMutex<(Option<Instant>, Duration)>,
+    /// The server no longer knows the session: no lanes until a new one is opened.
+    stale: AtomicBool,
 }
 
-/// How long a lane call may wait for its answer before it is given up to the multiplexed path.
-const LANE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a FUSE thread waits for a lane's answer before the rest of the request goes on as a
+/// task (still waiting on the same connection; see the module doc).
+const LANE_WAIT: Duration = Duration::from_secs(1);
 
-/// After a lane failed, how long its thread sends on the multiplexed path only.
-pub const LANE_BACKOFF: Duration = Duration::from_secs(1);
+/// How long a lane may take to connect: the server answered the multiplexed connection, so a
+/// slow connect means trouble, and the multiplexed path is there.
+const LANE_CONNECT: Duration = Duration::from_millis(200);
+
+/// First and longest pause of lanes after a lane failed.
+const LANE_BACKOFF: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(30));
 
 /// Source of [`MetaClient`] ids.
 static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// What became of a call offered to a lane.
+enum LaneCall {
+    /// Not sent, or sent such that sending it again is safe: use the multiplexed path.
+    Unsent,
+    /// The server's answer.
+    Answered(Response),
+    /// Sent and not answered yet: wait for the answer on the lane's connection.
+    Waiting(WaitingLane),
+}
+
+/// A lane whose request is written and whose answer has not begun to arrive.
+struct WaitingLane {
+    sock: std::net::TcpStream,
+    id: u64,
+}
+
+impl WaitingLane {
+    /// The answer, or `None` if the connection broke first (then sending the request again is
+    /// safe: the server reads nothing more from a broken connection, and what it read before
+    /// is ahead of the resend in its queue).
+    async fn answer(self) -> Option<Response> {
+        self.sock.set_nonblocking(true).ok()?;
+        let mut sock = tokio::net::TcpStream::from_std(self.sock).ok()?;
+        match frame::read_frame(&mut sock).await {
+            Ok(Some((id, body))) if id == self.id => frame::decode(&body).ok(),
+            _ => None,
+        }
+    }
+}
 
 /// A thread's blocking connection to the metadata server (see the module doc).
 struct Lane {
@@ -102,8 +151,8 @@ struct Lane {
 thread_local! {
     /// Calls on this thread may use its lane (set by [`with_thread_lane`]).
     static LANE_ALLOWED: Cell<bool> = const { Cell::new(false) };
-    /// This thread's lane, and until when it is not to be tried after a failure.
-    static LANE: RefCell<(Option<Lane>, Option<Instant>)> = const { RefCell::new((None, None)) };
+    /// This thread's lane.
+    static LANE: RefCell<Option<Lane>> = const { RefCell::new(None) };
 }
 
 /// Run `f` with metadata calls made on this thread going over the thread's own blocking
@@ -142,6 +191,9 @@ impl MetaClient {
             inflight: StdMutex::default(),
             heartbeat_ms: AtomicU64::new(0),
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
+            peer: StdMutex::new(None),
+            lanes_off: StdMutex::new((None, LANE_BACKOFF.0)),
+            stale: false.into(),
         });
         let mut last = String::new();
         for attempt in 0..3 {
@@ -203,6 +255,7 @@ impl MetaClient {
                 .map_err(|_| Transport::Broken("connection timed out".into()))?
                 .map_err(|e| Transport::Broken(e.to_string()))?;
         let _ = sock.set_nodelay(true);
+        let peer = sock.peer_addr().ok();
         let (mut rd, mut wr) = sock.into_split();
         let resume = match self.session.load(Ordering::Relaxed) {
             0 => None,
@@ -232,6 +285,8 @@ impl MetaClient {
                 }
                 self.session.store(session, Ordering::Relaxed);
                 self.heartbeat_ms.store(heartbeat_ms, Ordering::Relaxed);
+                *self.peer.lock().expect("peer lock") = peer;
+                self.stale.store(false, Ordering::Release);
                 *self.volume.lock().expect("volume lock") = Some(volume);
             }
             Ok(other) => {
@@ -312,8 +367,12 @@ impl MetaClient {
             0
         };
         let result = match self.lane_call(seq, &request) {
-            Some(r) => r,
-            None => self.call_seq(seq, request).await,
+            LaneCall::Answered(r) => r,
+            LaneCall::Unsent => self.call_seq(seq, request).await,
+            LaneCall::Waiting(lane) => match lane.answer().await {
+                Some(r) => r,
+                None => self.call_seq(seq, request).await,
+            },
         };
         if seq != 0 {
             self.inflight.lock().expect("inflight lock").remove(&seq);
@@ -339,15 +398,38 @@ impl MetaClient {
 
     /// Drop the current connection (e.g. the server says the session is gone).
     pub async fn reset(&self) {
+        self.stale.store(true, Ordering::Release);
         *self.conn.lock().await = None;
     }
 
-    /// The call over this thread's lane, if lanes are allowed here and it works; `None` sends
-    /// it on the multiplexed path instead (see the module doc).
-    fn lane_call(&self, seq: u64, request: &Request) -> Option<Response> {
+    /// Whether lanes may be tried now.
+    fn lanes_on(&self) -> bool {
+        let off = self.lanes_off.lock().expect("lanes lock");
+        off.0.is_none_or(|until| Instant::now() >= until)
+    }
+
+    /// A lane failed: stop lanes for the backoff, and double it.
+    fn lanes_failed(&self, why: &str) {
+        let mut off = self.lanes_off.lock().expect("lanes lock");
+        debug!(error = why, pause = ?off.1, "thread lane to the metadata server failed; using the shared connection");
+        off.0 = Some(Instant::now() + off.1);
+        off.1 = (off.1 * 2).min(LANE_BACKOFF.1);
+    }
+
+    /// A lane call worked: the next failure pauses lanes for the shortest backoff again.
+    fn lanes_worked(&self) {
+        let mut off = self.lanes_off.lock().expect("lanes lock");
+        if off.1 != LANE_BACKOFF.0 {
+            *off = (None, LANE_BACKOFF.0);
+        }
+    }
+
+    /// Offer the call to this thread's lane (see the module doc for the rules).
+    fn lane_call(&self, seq: u64, request: &Request) -> LaneCall {
         if !LANE_ALLOWED.get()
             || self.lost.load(Ordering::Relaxed)
             || self.ended.load(Ordering::Relaxed)
+            || self.stale.load(Ordering::Acquire)
             || matches!(
                 request,
                 Request::Hello { .. }
@@ -355,49 +437,93 @@ impl MetaClient {
                     | Request::EndSession
                     | Request::Heartbeat
             )
+            || !self.lanes_on()
         {
-            return None;
+            return LaneCall::Unsent;
         }
         let session = self.session();
-        LANE.with_borrow_mut(|(lane, retry_at)| {
-            if retry_at.is_some_and(|t| Instant::now() < t) {
-                return None;
-            }
-            if lane
+        LANE.with_borrow_mut(|slot| {
+            if slot
                 .as_ref()
                 .is_some_and(|l| l.client != self.id || l.session != session)
             {
-                *lane = None;
+                *slot = None;
             }
-            let result = (|| {
-                if lane.is_none() {
-                    *lane = Some(self.open_lane(session)?);
-                }
-                let l = lane.as_mut().expect("lane just opened");
-                l.next_id += 1;
-                let env = Envelope {
-                    session,
-                    seq,
-                    acked: self.acked(),
-                    request: request.clone(),
-                };
-                let buf = frame::encode(l.next_id, &env).map_err(|e| e.to_string())?;
-                (&l.sock).write_all(&buf).map_err(|e| e.to_string())?;
-                match frame::read_frame_blocking(&mut l.rd).map_err(|e| e.to_string())? {
-                    Some((id, body)) if id == l.next_id => {
-                        frame::decode::<Response>(&body).map_err(|e| e.to_string())
+            if slot.is_none() {
+                match self.open_lane(session) {
+                    Ok(l) => *slot = Some(l),
+                    Err(e) => {
+                        self.lanes_failed(&e);
+                        return LaneCall::Unsent;
                     }
-                    Some((id, _)) => Err(format!("answer {id} to request {}", l.next_id)),
-                    None => Err("the server closed the connection".into()),
                 }
-            })();
-            match result {
-                Ok(resp) => Some(resp),
+            }
+            let l = slot.as_mut().expect("lane just opened");
+            l.next_id += 1;
+            let env = Envelope {
+                session,
+                seq,
+                acked: self.acked(),
+                request: request.clone(),
+            };
+            let sent = frame::encode(l.next_id, &env)
+                .map_err(|e| e.to_string())
+                .and_then(|buf| (&l.sock).write_all(&buf).map_err(|e| e.to_string()));
+            if let Err(e) = sent {
+                // Not written whole: the server drops a connection that ends inside a frame.
+                *slot = None;
+                self.lanes_failed(&e);
+                return LaneCall::Unsent;
+            }
+            // Wait for the first bytes of the answer without consuming any, so that a lane
+            // handed off still reads its answer from the start.
+            // (BufReader only reads when its buffer is empty, so an error leaves nothing read.)
+            match std::io::BufRead::fill_buf(&mut l.rd).map(|b| b.is_empty()) {
+                Ok(true) => {
+                    *slot = None;
+                    self.lanes_failed("the server closed the connection");
+                    return LaneCall::Unsent;
+                }
+                Ok(false) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    let l = slot.take().expect("lane in use");
+                    self.lanes_failed(&format!("no answer within {LANE_WAIT:?}"));
+                    return LaneCall::Waiting(WaitingLane {
+                        sock: l.sock,
+                        id: l.next_id,
+                    });
+                }
                 Err(e) => {
-                    debug!(error = %e, "thread lane to the metadata server failed; using the shared connection");
-                    *lane = None;
-                    *retry_at = Some(Instant::now() + LANE_BACKOFF);
-                    None
+                    // Broken before any answer: the server reads nothing more from it.
+                    *slot = None;
+                    self.lanes_failed(&e.to_string());
+                    return LaneCall::Unsent;
+                }
+            }
+            // The answer has begun: the request was applied and its outcome is stored, so
+            // sending it again is safe if the rest does not come.
+            let answer = match frame::read_frame_blocking(&mut l.rd) {
+                Ok(Some((id, body))) if id == l.next_id => {
+                    frame::decode::<Response>(&body).map_err(|e| e.to_string())
+                }
+                Ok(Some((id, _))) => Err(format!("answer {id} to request {}", l.next_id)),
+                Ok(None) => Err("the server closed the connection".into()),
+                Err(e) => Err(e.to_string()),
+            };
+            match answer {
+                Ok(resp) => {
+                    self.lanes_worked();
+                    LaneCall::Answered(resp)
+                }
+                Err(e) => {
+                    *slot = None;
+                    self.lanes_failed(&e);
+                    LaneCall::Unsent
                 }
             }
         })
@@ -409,15 +535,16 @@ impl MetaClient {
         if session == 0 {
             return Err("no session yet".into());
         }
-        let addr = std::net::ToSocketAddrs::to_socket_addrs(self.cfg.addr.as_str())
-            .map_err(|e| e.to_string())?
-            .next()
-            .ok_or("the address resolves to nothing")?;
-        let sock = std::net::TcpStream::connect_timeout(&addr, self.cfg.connect_timeout)
-            .map_err(|e| e.to_string())?;
+        let addr = self
+            .peer
+            .lock()
+            .expect("peer lock")
+            .ok_or("no connection to the server yet")?;
+        let sock =
+            std::net::TcpStream::connect_timeout(&addr, LANE_CONNECT).map_err(|e| e.to_string())?;
         let _ = sock.set_nodelay(true);
-        sock.set_read_timeout(Some(LANE_TIMEOUT))
-            .and_then(|()| sock.set_write_timeout(Some(LANE_TIMEOUT)))
+        sock.set_read_timeout(Some(LANE_WAIT))
+            .and_then(|()| sock.set_write_timeout(Some(LANE_WAIT)))
             .map_err(|e| e.to_string())?;
         let buf = self
             .hello_frame(Some(session), true)
@@ -440,7 +567,12 @@ impl MetaClient {
                 Err(format!("attached to session {s}, not {session}"))
             }
             Ok(other) => Err(format!("unexpected handshake reply {other:?}")),
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                if e.code == ErrorCode::Stale {
+                    self.stale.store(true, Ordering::Release);
+                }
+                Err(e.to_string())
+            }
         }
     }
 
