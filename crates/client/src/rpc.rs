@@ -113,8 +113,8 @@ static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
 enum LaneCall {
     /// Not sent, or sent such that sending it again is safe: use the multiplexed path.
     Unsent,
-    /// The server's answer.
-    Answered(Response),
+    /// The server's answer (boxed: an answer is far larger than the other cases).
+    Answered(Box<Response>),
     /// Sent and not answered yet: wait for the answer on the lane's connection.
     Waiting(WaitingLane),
 }
@@ -367,7 +367,7 @@ impl MetaClient {
             0
         };
         let result = match self.lane_call(seq, &request) {
-            LaneCall::Answered(r) => r,
+            LaneCall::Answered(r) => *r,
             LaneCall::Unsent => self.call_seq(seq, request).await,
             LaneCall::Waiting(lane) => match lane.answer().await {
                 Some(r) => r,
@@ -518,7 +518,7 @@ impl MetaClient {
             match answer {
                 Ok(resp) => {
                     self.lanes_worked();
-                    LaneCall::Answered(resp)
+                    LaneCall::Answered(Box::new(resp))
                 }
                 Err(e) => {
                     *slot = None;
