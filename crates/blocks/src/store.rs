@@ -860,6 +860,9 @@ impl BlockStore {
         if let Some(cache) = &self.inner.cache {
             cache.remove(path.as_ref()).await;
         }
+        if let Some(uploader) = &self.inner.uploader {
+            uploader.wait_idle(path.as_ref()).await;
+        }
         core.delete(&core.data, &path).await
     }
 

@@ -10,13 +10,16 @@
 //! - Two failures are final, as retrying cannot help: the staged copy fails its checksum (the
 //!   local disk damaged it), or the store holds other bytes under the key (a bug). The copy is
 //!   dropped, an ERROR logged, and [`crate::BlockStore::drain_writeback`] returns the error.
-//! - A block removed from the cache while uploading (deleted) is deleted from the store after.
+//! - A block removed from the cache while uploading (deleted) is deleted from the store after,
+//!   and [`crate::BlockStore::delete`] waits for that upload ([`Uploader::wait_idle`]), so a
+//!   delete is not undone by an upload that lands after it.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use object_store::path::Path;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cache::DiskCache;
@@ -49,6 +52,37 @@ struct Shared {
     failure: Mutex<Option<BlockError>>,
     failed_log: RateLimit,
     recovered_log: RateLimit,
+    /// Blocks whose upload attempt is under way, and a wake-up when one ends.
+    busy: Mutex<HashSet<String>>,
+    idle: Notify,
+}
+
+/// Marks a block's upload attempt as under way until dropped.
+struct Busy<'a> {
+    shared: &'a Shared,
+    path: &'a str,
+}
+
+impl<'a> Busy<'a> {
+    fn new(shared: &'a Shared, path: &'a str) -> Self {
+        shared
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(path.to_string());
+        Busy { shared, path }
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.shared
+            .busy
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.path);
+        self.shared.idle.notify_waiters();
+    }
 }
 
 /// Allows one event per [`LOG_EVERY`], counting the ones it suppresses.
@@ -82,6 +116,8 @@ impl Uploader {
             failure: Mutex::new(None),
             failed_log: RateLimit::default(),
             recovered_log: RateLimit::default(),
+            busy: Mutex::default(),
+            idle: Notify::new(),
         });
         let task = tokio::spawn(dispatch(core, cache, Arc::clone(&shared), rx));
         Uploader {
@@ -94,6 +130,25 @@ impl Uploader {
     /// Queues a newly staged block.
     pub(crate) fn enqueue(&self, path: String) {
         let _ = self.queue.send(path);
+    }
+
+    /// Waits until no upload attempt of `path` is under way. After the block left the cache,
+    /// none starts again, and one that was under way has deleted what it landed.
+    pub(crate) async fn wait_idle(&self, path: &str) {
+        loop {
+            // Created before the check: a notify_waiters after it wakes it.
+            let idle = self.shared.idle.notified();
+            let busy = self
+                .shared
+                .busy
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(path);
+            if !busy {
+                return;
+            }
+            idle.await;
+        }
     }
 
     /// The first final failure since the last call.
@@ -154,6 +209,7 @@ async fn upload(core: &Core, cache: &DiskCache, shared: &Shared, path: String) {
     let mut backoff = Backoff::new(&core.policy);
     let mut failures = 0u64;
     loop {
+        let busy = Busy::new(shared, &path);
         let err = match attempt(core, cache, &path, &object).await {
             Ok(false) => return,
             Ok(true) => {
@@ -187,6 +243,7 @@ async fn upload(core: &Core, cache: &DiskCache, shared: &Shared, path: String) {
             }
             Err(Failed::Retry(err)) => err,
         };
+        drop(busy);
         failures += 1;
         if failures == 1 {
             if let Some(suppressed) = shared.failed_log.allow() {
