@@ -247,3 +247,40 @@ fn mount_start_over_a_dead_mount() {
     );
     assert_no_panics_in(&[log]);
 }
+
+/// A mount daemon paused (SIGSTOP) longer than the server's session timeout loses its session:
+/// when it goes on, its changes are not applied in the ended session's name (whose locks and
+/// opens were released) but in a new session, and the applications on it see no error.
+#[test]
+fn a_mount_whose_session_expired_goes_on_in_a_new_one() {
+    if !require_fuse() {
+        return;
+    }
+    let mut c = Cluster::local_folder(bin())
+        .meta_args(&["--session-timeout", "2s"])
+        .start();
+    fs::write(c.join("before"), b"before").expect("write before the pause");
+    let pid = c.mount_mut().pid().expect("mount daemon running");
+    // SAFETY: signals to the mount daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::thread::sleep(Duration::from_secs(5));
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    for i in 0..20 {
+        let p = c.join(format!("after-{i}"));
+        fs::write(&p, format!("after {i}"))
+            .unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
+        fs::rename(&p, c.join(format!("renamed-{i}"))).expect("rename after the pause");
+    }
+    c.remount();
+    assert_eq!(fs::read(c.join("before")).expect("read before"), b"before");
+    for i in 0..20 {
+        let got = fs::read_to_string(c.join(format!("renamed-{i}"))).expect("read after remount");
+        assert_eq!(got, format!("after {i}"));
+        assert!(!c.join(format!("after-{i}")).exists());
+    }
+    let log = fs::read_to_string(c.meta().log()).unwrap_or_default();
+    assert!(
+        log.contains("client resumed an expired session"),
+        "the server did not see the mount come back after expiry:\n{log}"
+    );
+}

@@ -516,6 +516,11 @@ impl MetaClient {
                 Err(e) => Err(e.to_string()),
             };
             match answer {
+                Ok(Err(e)) if e.code == ErrorCode::SessionEnded => {
+                    // Not applied; the shared connection renews the session and sends it.
+                    self.stale.store(true, Ordering::Release);
+                    LaneCall::Unsent
+                }
                 Ok(resp) => {
                     self.lanes_worked();
                     LaneCall::Answered(Box::new(resp))
@@ -579,6 +584,7 @@ impl MetaClient {
     async fn call_seq(&self, seq: u64, request: Request) -> Result<Reply, RpcError> {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
+        let mut renewals = 0;
         loop {
             let err = match self.get_conn().await {
                 Ok(conn) => {
@@ -601,6 +607,13 @@ impl MetaClient {
                         "connection closed".to_string()
                     } else {
                         match wrx.await {
+                            // Nothing was applied: open a new session and send it there (the
+                            // new connection's Hello does, and logs that the session ended).
+                            Ok(Err(e)) if e.code == ErrorCode::SessionEnded && renewals < 3 => {
+                                renewals += 1;
+                                self.reset().await;
+                                continue;
+                            }
                             Ok(resp) => return resp,
                             Err(_) => {
                                 self.drop_conn(conn.generation).await;

@@ -50,6 +50,9 @@ pub fn errno(code: ErrorCode) -> Errno {
         ErrorCode::WouldBlock => Errno::EAGAIN,
         ErrorCode::Deadlock => Errno::EDEADLK,
         ErrorCode::Interrupted => Errno::EINTR,
+        // The RPC client opens a new session and resends on it; reaching here means it could
+        // not, as with Unavailable.
+        ErrorCode::SessionEnded => Errno::EIO,
     }
 }
 

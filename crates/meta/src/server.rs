@@ -499,6 +499,17 @@ fn run_once(fs: &Fs<RedbStore>, t: &mut dyn WriteTxn, job: &Job) -> Result<Respo
         if let Some(v) = t.get(Table::Outcomes, &key)? {
             return dec(&v);
         }
+        // A session that ended (expired, or ended by its mount) has had its locks, opens and
+        // answers dropped: a change in its name now would leak what it takes (a lock or an
+        // open nobody releases), so it is refused and the mount resends it in a new session.
+        if t.get(Table::Sessions, &job.session.to_be_bytes())?
+            .is_none()
+        {
+            return Ok(Err(RpcError::new(
+                ErrorCode::SessionEnded,
+                format!("session {} has ended", job.session),
+            )));
+        }
         if job.acked > 0 {
             let old = t.range(
                 Table::Outcomes,

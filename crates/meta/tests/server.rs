@@ -256,6 +256,32 @@ async fn an_expired_session_releases_its_locks() {
             other => panic!("lock not released after expiry: {other:?}"),
         }
     }
+    // The expired session's mount comes back on its old connection: a change in that session's
+    // name is refused and applies nothing (a lock taken now would never be released).
+    let err = a
+        .send(
+            3,
+            Request::SetLock {
+                ino: f.ino,
+                lock: LockSpec { owner: 9, ..write },
+                wait: false,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, ErrorCode::SessionEnded);
+    assert_eq!(
+        a.send(4, mknod("g")).await.unwrap_err().code,
+        ErrorCode::SessionEnded
+    );
+    let lookup = Request::Lookup {
+        parent: ROOT_INO,
+        name: b"g".to_vec(),
+    };
+    assert_eq!(
+        b.send(0, lookup).await.unwrap_err().code,
+        ErrorCode::NotFound
+    );
     server.stop().await.unwrap();
 }
 

@@ -604,6 +604,9 @@ pub enum ErrorCode {
     Deadlock,
     /// The caller was interrupted by a signal while it waited (EINTR).
     Interrupted,
+    /// The session a mutation names has ended (expired, or ended by its mount): nothing was
+    /// applied. The client opens a new session and sends the change again.
+    SessionEnded,
 }
 
 /// A failed request: stable code plus a human message.
