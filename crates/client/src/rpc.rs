@@ -459,79 +459,73 @@ impl MetaClient {
                 }
             }
             let l = slot.as_mut().expect("lane just opened");
-            l.next_id += 1;
             let env = Envelope {
                 session,
                 seq,
                 acked: self.acked(),
                 request: request.clone(),
             };
-            let sent = frame::encode(l.next_id, &env)
-                .map_err(|e| e.to_string())
-                .and_then(|buf| (&l.sock).write_all(&buf).map_err(|e| e.to_string()));
-            if let Err(e) = sent {
-                // Not written whole: the server drops a connection that ends inside a frame.
-                *slot = None;
-                self.lanes_failed(&e);
-                return LaneCall::Unsent;
-            }
-            // Wait for the first bytes of the answer without consuming any, so that a lane
-            // handed off still reads its answer from the start.
-            // (BufReader only reads when its buffer is empty, so an error leaves nothing read.)
-            match std::io::BufRead::fill_buf(&mut l.rd).map(|b| b.is_empty()) {
-                Ok(true) => {
-                    *slot = None;
-                    self.lanes_failed("the server closed the connection");
-                    return LaneCall::Unsent;
-                }
-                Ok(false) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    let l = slot.take().expect("lane in use");
-                    self.lanes_failed(&format!("no answer within {LANE_WAIT:?}"));
-                    return LaneCall::Waiting(WaitingLane {
-                        sock: l.sock,
-                        id: l.next_id,
-                    });
-                }
-                Err(e) => {
-                    // Broken before any answer: the server reads nothing more from it.
-                    *slot = None;
-                    self.lanes_failed(&e.to_string());
-                    return LaneCall::Unsent;
-                }
-            }
-            // The answer has begun: the request was applied and its outcome is stored, so
-            // sending it again is safe if the rest does not come.
-            let answer = match frame::read_frame_blocking(&mut l.rd) {
-                Ok(Some((id, body))) if id == l.next_id => {
-                    frame::decode::<Response>(&body).map_err(|e| e.to_string())
-                }
-                Ok(Some((id, _))) => Err(format!("answer {id} to request {}", l.next_id)),
-                Ok(None) => Err("the server closed the connection".into()),
-                Err(e) => Err(e.to_string()),
-            };
-            match answer {
-                Ok(Err(e)) if e.code == ErrorCode::SessionEnded => {
+            match Self::exchange(l, &env) {
+                Ok(Some(Err(e))) if e.code == ErrorCode::SessionEnded => {
                     // Not applied; the shared connection renews the session and sends it.
                     self.stale.store(true, Ordering::Release);
                     LaneCall::Unsent
                 }
-                Ok(resp) => {
+                Ok(Some(resp)) => {
                     self.lanes_worked();
                     LaneCall::Answered(Box::new(resp))
                 }
+                Ok(None) => {
+                    let l = slot.take().expect("lane in use");
+                    self.lanes_failed(&format!("no answer within {LANE_WAIT:?}"));
+                    LaneCall::Waiting(WaitingLane {
+                        sock: l.sock,
+                        id: l.next_id,
+                    })
+                }
                 Err(e) => {
+                    // Safe to send again (rule 1 of the module doc): not written whole, broken
+                    // before any answer, or the answer had begun.
                     *slot = None;
                     self.lanes_failed(&e);
                     LaneCall::Unsent
                 }
             }
         })
+    }
+
+    /// Send `env` on the lane and read its answer: `Ok(None)` if the answer has not begun within
+    /// [`LANE_WAIT`] (nothing of it read, so the lane can be handed over to wait); `Err` only
+    /// where sending it again is safe.
+    fn exchange(l: &mut Lane, env: &Envelope) -> Result<Option<Response>, String> {
+        l.next_id += 1;
+        let buf = frame::encode(l.next_id, env).map_err(|e| e.to_string())?;
+        // Not written whole: the server drops a connection that ends inside a frame.
+        (&l.sock).write_all(&buf).map_err(|e| e.to_string())?;
+        // Wait for the first bytes of the answer without consuming any (BufReader only reads
+        // when its buffer is empty, so an error leaves nothing read).
+        match std::io::BufRead::fill_buf(&mut l.rd).map(|b| b.is_empty()) {
+            Ok(true) => return Err("the server closed the connection".into()),
+            Ok(false) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok(None)
+            }
+            // Broken before any answer: the server reads nothing more from it.
+            Err(e) => return Err(e.to_string()),
+        }
+        // The answer has begun: the request was applied and its outcome is stored.
+        match frame::read_frame_blocking(&mut l.rd).map_err(|e| e.to_string())? {
+            Some((id, body)) if id == l.next_id => frame::decode::<Response>(&body)
+                .map(Some)
+                .map_err(|e| e.to_string()),
+            Some((id, _)) => Err(format!("answer {id} to request {}", l.next_id)),
+            None => Err("the server closed the connection".into()),
+        }
     }
 
     /// Connect a lane and attach it to `session` (never a new session: a server that no longer

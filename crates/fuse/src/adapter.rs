@@ -126,7 +126,8 @@ fn time_set(t: TimeOrNow) -> TimeSet {
 pub struct CairnFuse {
     client: Arc<Client>,
     rt: Handle,
-    /// Metadata requests start on the FUSE thread, over its own connection (see [`Self::run`]).
+    /// Requests start on the FUSE thread, metadata calls over its own connection
+    /// (see [`Self::run`]).
     inline: bool,
 }
 
@@ -138,16 +139,25 @@ impl CairnFuse {
         CairnFuse { client, rt, inline }
     }
 
+    /// A request's future, in its span.
+    fn task<F: Future>(
+        &self,
+        op: &'static str,
+        ino: u64,
+        f: impl FnOnce(Arc<Client>) -> F,
+    ) -> tracing::instrument::Instrumented<F> {
+        f(self.client.clone()).instrument(tracing::warn_span!("fuse", op, ino))
+    }
+
     /// Run a request's future on the runtime.
     fn spawn<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
-        F: std::future::Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
-        let span = tracing::warn_span!("fuse", op, ino);
-        self.rt.spawn(f(self.client.clone()).instrument(span));
+        self.rt.spawn(self.task(op, ino, f));
     }
 
-    /// Start a metadata request on this FUSE thread: its first poll runs here, with the
+    /// Start a request on this FUSE thread: its first poll runs here, with the
     /// metadata calls it makes going over this thread's own blocking connection
     /// ([`cairn_client::rpc::with_thread_lane`]), so a request that needs one round trip is
     /// answered without waking any other thread. Whatever is not done after that poll (a lock
@@ -158,13 +168,12 @@ impl CairnFuse {
     /// request while others queue behind it.
     fn run<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
-        F: std::future::Future<Output = ()> + Send + 'static,
+        F: Future<Output = ()> + Send + 'static,
     {
         if !self.inline {
             return self.spawn(op, ino, f);
         }
-        let span = tracing::warn_span!("fuse", op, ino);
-        let mut fut = Box::pin(f(self.client.clone()).instrument(span));
+        let mut fut = Box::pin(self.task(op, ino, f));
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = cairn_client::rpc::with_thread_lane(|| fut.as_mut().poll(&mut cx));

@@ -327,8 +327,13 @@ impl<S: MetaStore> Fs<S> {
 
     /// Whether a session exists (for resuming after a reconnect).
     pub fn session_exists(&self, id: u64) -> FsResult<bool> {
-        self.store
-            .read(|t| Ok(t.get(Table::Sessions, &id.to_be_bytes())?.is_some()))
+        self.store.read(|t| Ok(self.session_exists_in(t, id)?))
+    }
+
+    /// Whether a session exists, within a transaction (a change in an ended session's name is
+    /// refused).
+    pub fn session_exists_in(&self, t: &dyn ReadTxn, id: u64) -> Result<bool, StoreError> {
+        Ok(t.get(Table::Sessions, &id.to_be_bytes())?.is_some())
     }
 
     /// Find `name` in `parent`.

@@ -502,9 +502,7 @@ fn run_once(fs: &Fs<RedbStore>, t: &mut dyn WriteTxn, job: &Job) -> Result<Respo
         // A session that ended (expired, or ended by its mount) has had its locks, opens and
         // answers dropped: a change in its name now would leak what it takes (a lock or an
         // open nobody releases), so it is refused and the mount resends it in a new session.
-        if t.get(Table::Sessions, &job.session.to_be_bytes())?
-            .is_none()
-        {
+        if !fs.session_exists_in(t, job.session)? {
             return Ok(Err(RpcError::new(
                 ErrorCode::SessionEnded,
                 format!("session {} has ended", job.session),
@@ -749,23 +747,19 @@ fn hello(
         ));
     }
     let known = resume.filter(|s| shared.seen.lock().expect("sessions lock").contains_key(s));
-    if attach {
-        // One more connection of a live mount (a thread lane): no session of its own, and not
-        // worth a log line each.
-        let Some(session) = known else {
+    let session = match known {
+        // One more connection of a live mount (a thread lane): no session of its own, no
+        // refresh of the session's timeout, and not worth a log line each.
+        Some(s) if attach => {
+            debug!(session = s, client, "connection attached to a session");
+            return Ok(hello_reply(shared, s));
+        }
+        None if attach => {
             return Err(RpcError::new(
                 ErrorCode::Stale,
                 "no such session to attach to: it expired or the server lost it",
-            ));
-        };
-        debug!(session, client, "connection attached to a session");
-        return Ok(Reply::Hello {
-            session,
-            volume: shared.info.clone(),
-            heartbeat_ms: shared.heartbeat.as_millis() as u64,
-        });
-    }
-    let session = match known {
+            ))
+        }
         Some(s) => s,
         None => {
             if let Some(old) = resume {
@@ -788,11 +782,16 @@ fn hello(
         resumed = resume == Some(session),
         "client session"
     );
-    Ok(Reply::Hello {
+    Ok(hello_reply(shared, session))
+}
+
+/// The answer to a Hello that opened, resumed or attached to `session`.
+fn hello_reply(shared: &Shared, session: u64) -> Reply {
+    Reply::Hello {
         session,
         volume: shared.info.clone(),
         heartbeat_ms: shared.heartbeat.as_millis() as u64,
-    })
+    }
 }
 
 /// Answer a request that changes nothing.
