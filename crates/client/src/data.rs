@@ -26,13 +26,14 @@
 //! reads/s with whole blocks and 150 to 250 with frames). For a file larger than the cache whole
 //! blocks only churn it.
 
+use crate::listings::{Known, Listings};
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
 use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, Part, StoreConfig};
 use cairn_proto::*;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -184,6 +185,8 @@ pub struct Client {
     locked: StdMutex<std::collections::HashSet<Ino>>,
     /// Directory attributes from this mount's own changes, to answer the GETATTR that follows.
     dirs: FreshDirs,
+    /// Directories whose every name this mount knows: lookups of other names answer here.
+    listings: Listings,
     /// Counts commits of file data, mount-wide.
     commits: std::sync::atomic::AtomicU64,
     /// Each file's (mtime, ctime, size) as of this mount's last open or commit of it.
@@ -326,6 +329,7 @@ impl Client {
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
+            listings: Listings::default(),
             seen: StdMutex::default(),
             commits: Default::default(),
             releases: StdMutex::default(),
@@ -349,10 +353,6 @@ impl Client {
     async fn call_attr(&self, req: Request) -> Result<Attr, RpcError> {
         match self.rpc.call(req).await? {
             Reply::Attr(a) => Ok(a),
-            Reply::Entry { attr, dir } => {
-                self.dirs.note(&[dir]);
-                Ok(attr)
-            }
             r => Err(unexpected(r)),
         }
     }
@@ -360,8 +360,59 @@ impl Client {
     async fn call_empty(&self, req: Request) -> Result<(), RpcError> {
         match self.rpc.call(req).await? {
             Reply::Empty => Ok(()),
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Send a request that adds the entry `name` to a directory; the answer's directory
+    /// attributes are kept (see [`FreshDirs`]) and the name added to what is known of it.
+    async fn call_entry(&self, req: Request, name: &[u8]) -> Result<Attr, RpcError> {
+        let sent = Instant::now();
+        let parent = match &req {
+            Request::Mknod { parent, .. }
+            | Request::Mkdir { parent, .. }
+            | Request::Symlink { parent, .. } => *parent,
+            Request::Link { new_parent, .. } => *new_parent,
+            _ => 0,
+        };
+        let answer = self.rpc.call(req).await;
+        if let Err(e) = &answer {
+            // The name is there after all: another mount made it.
+            if e.code == ErrorCode::Exists {
+                self.listings.forget(parent);
+            }
+        }
+        match answer? {
+            Reply::Entry { attr, dir } => {
+                self.dirs.note(&[dir.attr.clone()]);
+                self.listings.changed(&dir, sent, |names| {
+                    names.insert(name.to_vec());
+                });
+                if attr.kind == FileKind::Dir {
+                    self.listings.made(&attr, sent);
+                }
+                Ok(attr)
+            }
+            r => Err(unexpected(r)),
+        }
+    }
+
+    /// Send a removal or rename; `edit` applies it to what is known of each directory it
+    /// changed (called with the directory's inode).
+    async fn call_dirs(
+        &self,
+        req: Request,
+        edit: impl Fn(Ino, &mut std::collections::HashSet<Vec<u8>>),
+    ) -> Result<(), RpcError> {
+        let sent = Instant::now();
+        match self.rpc.call(req).await? {
             Reply::Dirs(dirs) => {
-                self.dirs.note(&dirs);
+                for d in &dirs {
+                    self.listings
+                        .changed(d, sent, |names| edit(d.attr.ino, names));
+                }
+                self.dirs
+                    .note(&dirs.into_iter().map(|d| d.attr).collect::<Vec<_>>());
                 Ok(())
             }
             r => Err(unexpected(r)),
@@ -390,16 +441,44 @@ impl Client {
         attr
     }
 
+    /// Whether `name` is known not to be in `parent` without asking the server (see
+    /// [`crate::listings`]): the FUSE thread answers such a lookup at once.
+    pub fn known_absent(&self, parent: Ino, name: &[u8]) -> bool {
+        self.listings.lookup(parent, name) == Known::Absent
+    }
+
     /// Find `name` in `parent`.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
+        let absent = || RpcError::new(ErrorCode::NotFound, "no such entry");
+        match self.listings.lookup(parent, name) {
+            Known::Absent => return Err(absent()),
+            Known::Stale => {
+                // One look at the directory's ctime vouches for every name for a while.
+                let sent = Instant::now();
+                if let Ok(Reply::Attr(d)) = self.rpc.call(Request::GetAttr { ino: parent }).await {
+                    self.listings.checked(&d, sent);
+                    if self.listings.lookup(parent, name) == Known::Absent {
+                        return Err(absent());
+                    }
+                }
+            }
+            Known::Unknown => {}
+        }
         let before = self.commit_count();
-        let a = self
+        let found = self
             .call_attr(Request::Lookup {
                 parent,
                 name: name.to_vec(),
             })
-            .await?;
-        Ok(self.overlay(a, before).await)
+            .await;
+        // An answer that disagrees with the names known here: another mount changed the
+        // directory.
+        match (&found, self.listings.contains(parent, name)) {
+            (Ok(_), Some(false)) => self.listings.forget(parent),
+            (Err(e), Some(true)) if e.code == ErrorCode::NotFound => self.listings.forget(parent),
+            _ => {}
+        }
+        Ok(self.overlay(found?, before).await)
     }
 
     /// The mount's commit counter now (see [`Client::overlay`]).
@@ -413,7 +492,11 @@ impl Client {
             return Ok(a);
         }
         let before = self.commit_count();
+        let sent = Instant::now();
         let a = self.call_attr(Request::GetAttr { ino }).await?;
+        if a.kind == FileKind::Dir {
+            self.listings.checked(&a, sent);
+        }
         Ok(self.overlay(a, before).await)
     }
 
@@ -526,15 +609,18 @@ impl Client {
         open: bool,
     ) -> Result<Attr, RpcError> {
         let a = self
-            .call_attr(Request::Mknod {
-                parent,
-                name: name.to_vec(),
-                kind,
-                perm,
-                rdev,
-                caller,
-                open,
-            })
+            .call_entry(
+                Request::Mknod {
+                    parent,
+                    name: name.to_vec(),
+                    kind,
+                    perm,
+                    rdev,
+                    caller,
+                    open,
+                },
+                name,
+            )
             .await?;
         if open {
             self.track_open(&a).await;
@@ -550,31 +636,40 @@ impl Client {
         perm: u32,
         caller: Caller,
     ) -> Result<Attr, RpcError> {
-        self.call_attr(Request::Mkdir {
-            parent,
-            name: name.to_vec(),
-            perm,
-            caller,
-        })
+        self.call_entry(
+            Request::Mkdir {
+                parent,
+                name: name.to_vec(),
+                perm,
+                caller,
+            },
+            name,
+        )
         .await
     }
 
     /// Remove a file name.
     pub async fn unlink(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
-        self.call_empty(Request::Unlink {
+        let req = Request::Unlink {
             parent,
             name: name.to_vec(),
             caller,
+        };
+        self.call_dirs(req, |_, names| {
+            names.remove(name);
         })
         .await
     }
 
     /// Remove an empty directory.
     pub async fn rmdir(&self, parent: Ino, name: &[u8], caller: Caller) -> Result<(), RpcError> {
-        self.call_empty(Request::Rmdir {
+        let req = Request::Rmdir {
             parent,
             name: name.to_vec(),
             caller,
+        };
+        self.call_dirs(req, |_, names| {
+            names.remove(name);
         })
         .await
     }
@@ -589,13 +684,24 @@ impl Client {
         flags: u32,
         caller: Caller,
     ) -> Result<(), RpcError> {
-        self.call_empty(Request::Rename {
+        let req = Request::Rename {
             parent,
             name: name.to_vec(),
             new_parent,
             new_name: new_name.to_vec(),
             flags,
             caller,
+        };
+        // An exchange leaves both names in place; a move takes `name` away and leaves
+        // `new_name` (new, or replaced). One answer per directory, the same one if both are.
+        let exchange = flags & rename_flags::EXCHANGE != 0;
+        self.call_dirs(req, |dir, names| {
+            if dir == parent && !exchange {
+                names.remove(name);
+            }
+            if dir == new_parent {
+                names.insert(new_name.to_vec());
+            }
         })
         .await
     }
@@ -610,12 +716,15 @@ impl Client {
     ) -> Result<Attr, RpcError> {
         let before = self.commit_count();
         let a = self
-            .call_attr(Request::Link {
-                ino,
-                new_parent,
-                new_name: new_name.to_vec(),
-                caller,
-            })
+            .call_entry(
+                Request::Link {
+                    ino,
+                    new_parent,
+                    new_name: new_name.to_vec(),
+                    caller,
+                },
+                new_name,
+            )
             .await?;
         Ok(self.overlay(a, before).await)
     }
@@ -628,12 +737,15 @@ impl Client {
         target: &[u8],
         caller: Caller,
     ) -> Result<Attr, RpcError> {
-        self.call_attr(Request::Symlink {
-            parent,
-            name: name.to_vec(),
-            target: target.to_vec(),
-            caller,
-        })
+        self.call_entry(
+            Request::Symlink {
+                parent,
+                name: name.to_vec(),
+                target: target.to_vec(),
+                caller,
+            },
+            name,
+        )
         .await
     }
 

@@ -12,6 +12,7 @@
 //!   and committed; the data stays buffered so that a later flush can try again.
 
 pub mod data;
+pub mod listings;
 pub mod rpc;
 
 pub use data::{Client, ClientConfig, Opened};

@@ -269,6 +269,11 @@ impl Filesystem for CairnFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
+        // A name known not to be there (crate cairn_client::listings): no round trip.
+        if self.client.known_absent(parent.0, &n) {
+            reply.error(Errno::ENOENT);
+            return;
+        }
         self.run("lookup", parent.0, move |c| async move {
             match c.lookup(parent.0, &n).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
@@ -891,10 +896,11 @@ impl Filesystem for CairnFuse {
         n: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
         let (n, who) = (name(n), creator(req, umask));
+        let exclusive = flags & libc::O_EXCL != 0;
         self.run("create", parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true)
@@ -907,6 +913,14 @@ impl Filesystem for CairnFuse {
                     FileHandle(0),
                     FopenFlags::empty(),
                 ),
+                // Without O_EXCL, an existing file is opened, not refused. The kernel asked to
+                // create because a lookup said the name was free, and this mount may have said
+                // so from a listing another mount has since changed (crate
+                // cairn_client::listings; the listing is now forgotten): ESTALE makes the kernel
+                // walk the path again with fresh lookups (`do_filp_open` retries with
+                // LOOKUP_REVAL), and open the file it now finds, with its own permission checks
+                // and O_TRUNC.
+                Err(e) if e.code == ErrorCode::Exists && !exclusive => reply.error(Errno::ESTALE),
                 Err(e) => reply.error(reply_err("create", &e)),
             }
         });

@@ -826,26 +826,57 @@ pub fn read<S: MetaStore>(fs: &Fs<S>, session: u64, req: Request) -> Response {
     })
 }
 
+/// A directory's ctime before a change in it (`None` if it does not exist: the change will fail).
+fn ctime_of<S: MetaStore>(fs: &Fs<S>, t: &dyn ReadTxn, dir: Ino) -> Option<Timestamp> {
+    fs.getattr_in(t, dir).ok().map(|a| a.ctime)
+}
+
+/// The directory `dir` as a change left it, its ctime before being `was`. Every change of a
+/// directory's entries moves its ctime strictly forward (by a nanosecond when the clock has not
+/// moved, or went back), so mounts can tell their own changes from others' ([`DirChange`]).
+fn dir_change<S: MetaStore>(
+    fs: &Fs<S>,
+    t: &mut dyn WriteTxn,
+    dir: Ino,
+    was: Option<Timestamp>,
+) -> Result<DirChange, RpcError> {
+    let mut attr = fs.getattr_in(t, dir)?;
+    let was = was.unwrap_or_default();
+    if attr.ctime <= was {
+        let set = SetAttr {
+            ctime: Some(was.next()),
+            ..SetAttr::default()
+        };
+        attr = fs.setattr_in(t, dir, &set)?;
+    }
+    Ok(DirChange { attr, was })
+}
+
 /// The answer to a new entry: its attributes and its directory's, which changed with it (the
 /// kernel asks for them next, to check permissions; the client answers from this).
 fn entry<S: MetaStore>(
     fs: &Fs<S>,
-    t: &dyn ReadTxn,
+    t: &mut dyn WriteTxn,
     attr: Attr,
     dir: Ino,
+    was: Option<Timestamp>,
 ) -> Result<Reply, RpcError> {
     Ok(Reply::Entry {
         attr,
-        dir: fs.getattr_in(t, dir)?,
+        dir: dir_change(fs, t, dir, was)?,
     })
 }
 
-/// The answer to a removal or rename: the attributes of the directories it changed.
-fn dirs<S: MetaStore>(fs: &Fs<S>, t: &dyn ReadTxn, inos: &[Ino]) -> Result<Reply, RpcError> {
-    let mut out = Vec::with_capacity(inos.len());
-    for ino in inos {
-        if out.iter().all(|a: &Attr| a.ino != *ino) {
-            out.push(fs.getattr_in(t, *ino)?);
+/// The answer to a removal or rename: the directories it changed, each once.
+fn dirs<S: MetaStore>(
+    fs: &Fs<S>,
+    t: &mut dyn WriteTxn,
+    changed: &[(Ino, Option<Timestamp>)],
+) -> Result<Reply, RpcError> {
+    let mut out: Vec<DirChange> = Vec::with_capacity(changed.len());
+    for &(ino, was) in changed {
+        if out.iter().all(|d| d.attr.ino != ino) {
+            out.push(dir_change(fs, t, ino, was)?);
         }
     }
     Ok(Reply::Dirs(out))
@@ -873,10 +904,11 @@ pub fn apply_in<S: MetaStore>(
             caller,
             open,
         } => {
+            let was = ctime_of(fs, t, *parent);
             let attr = fs.mknod_in(
                 t, *parent, name, *kind, *perm, *rdev, caller, session, *open,
             )?;
-            entry(fs, t, attr, *parent)?
+            entry(fs, t, attr, *parent, was)?
         }
         Request::Mkdir {
             parent,
@@ -884,24 +916,27 @@ pub fn apply_in<S: MetaStore>(
             perm,
             caller,
         } => {
+            let was = ctime_of(fs, t, *parent);
             let attr = fs.mkdir_in(t, *parent, name, *perm, caller)?;
-            entry(fs, t, attr, *parent)?
+            entry(fs, t, attr, *parent, was)?
         }
         Request::Unlink {
             parent,
             name,
             caller: _,
         } => {
+            let was = ctime_of(fs, t, *parent);
             fs.unlink_in(t, *parent, name)?;
-            dirs(fs, t, &[*parent])?
+            dirs(fs, t, &[(*parent, was)])?
         }
         Request::Rmdir {
             parent,
             name,
             caller: _,
         } => {
+            let was = ctime_of(fs, t, *parent);
             fs.rmdir_in(t, *parent, name)?;
-            dirs(fs, t, &[*parent])?
+            dirs(fs, t, &[(*parent, was)])?
         }
         Request::Rename {
             parent,
@@ -911,8 +946,10 @@ pub fn apply_in<S: MetaStore>(
             flags,
             caller: _,
         } => {
+            let was = ctime_of(fs, t, *parent);
+            let new_was = ctime_of(fs, t, *new_parent);
             fs.rename_in(t, *parent, name, *new_parent, new_name, *flags)?;
-            dirs(fs, t, &[*parent, *new_parent])?
+            dirs(fs, t, &[(*parent, was), (*new_parent, new_was)])?
         }
         Request::Link {
             ino,
@@ -920,8 +957,9 @@ pub fn apply_in<S: MetaStore>(
             new_name,
             caller: _,
         } => {
+            let was = ctime_of(fs, t, *new_parent);
             let attr = fs.link_in(t, *ino, *new_parent, new_name)?;
-            entry(fs, t, attr, *new_parent)?
+            entry(fs, t, attr, *new_parent, was)?
         }
         Request::Symlink {
             parent,
@@ -929,8 +967,9 @@ pub fn apply_in<S: MetaStore>(
             target,
             caller,
         } => {
+            let was = ctime_of(fs, t, *parent);
             let attr = fs.symlink_in(t, *parent, name, target, caller)?;
-            entry(fs, t, attr, *parent)?
+            entry(fs, t, attr, *parent, was)?
         }
         Request::SetXattr {
             ino,

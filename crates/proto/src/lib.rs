@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the metadata RPC protocol; exchanged in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Inode number. 1 is the root directory of a volume.
 pub type Ino = u64;
@@ -48,6 +48,21 @@ impl Timestamp {
     /// The current wall-clock time.
     pub fn now() -> Self {
         Self::from(SystemTime::now())
+    }
+
+    /// The next representable instant: one nanosecond later.
+    pub fn next(self) -> Self {
+        if self.nanos >= 999_999_999 {
+            Timestamp {
+                secs: self.secs + 1,
+                nanos: 0,
+            }
+        } else {
+            Timestamp {
+                secs: self.secs,
+                nanos: self.nanos + 1,
+            }
+        }
     }
 }
 
@@ -517,6 +532,18 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// A directory as one change left it, and its ctime just before the change. The server moves a
+/// directory's ctime forward with every change of its entries, so a mount that knew the
+/// directory's entries at ctime `was` knows them still, with this change applied; if it knew
+/// another ctime, someone else changed the directory in between.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct DirChange {
+    /// The directory's attributes after the change.
+    pub attr: Attr,
+    /// Its ctime before the change.
+    pub was: Timestamp,
+}
+
 /// A successful answer.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
@@ -530,9 +557,9 @@ pub enum Reply {
     Attr(Attr),
     /// A new directory entry (create, mkdir, symlink, link): the inode's attributes and those
     /// of the directory it is in, changed by it.
-    Entry { attr: Attr, dir: Attr },
-    /// A removal or rename: the attributes of the directories it changed.
-    Dirs(Vec<Attr>),
+    Entry { attr: Attr, dir: DirChange },
+    /// A removal or rename: the directories it changed.
+    Dirs(Vec<DirChange>),
     /// Nothing to return.
     Empty,
     /// Bytes: symlink target or xattr value.

@@ -1,0 +1,221 @@
+//! Directories whose every name this mount knows, so that a lookup of a name that is not there
+//! is answered here instead of by a round trip to the metadata server.
+//!
+//! Every create asks the kernel's LOOKUP first, for a name that (nearly always) does not exist
+//! yet: in a directory this mount made and filled itself (an output folder, an unpacked archive,
+//! a copied tree) that answer is known. A directory becomes known when this mount makes it
+//! (empty) and stays known while every change of its entries is this mount's own: each change's
+//! answer carries the directory's ctime before and after ([`DirChange`]), and the server moves a
+//! directory's ctime forward with every change of its entries. A change whose `was` is not the
+//! ctime known here means someone else changed the directory in between: it is forgotten.
+//!
+//! Changes made by other mounts are seen the next time the directory's ctime is checked. A
+//! "no such name" answered here rests on a check (or one of this mount's own changes, which
+//! proves the same) at most [`FRESH_FOR`] old: the kernel's entry and attribute TTL, so no answer
+//! is staler than one the kernel itself may give from its caches. Past that, the mount asks the
+//! server for the directory's attributes once and goes on if the ctime has not moved.
+
+use cairn_proto::{Attr, DirChange, Ino, Timestamp};
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// How long a check of a directory's ctime vouches for its names.
+pub const FRESH_FOR: Duration = Duration::from_secs(1);
+/// Directories known at once; past it, the least recently checked are forgotten.
+const MAX_DIRS: usize = 4096;
+/// Names known per directory; a directory that grows past it is forgotten (its lookups go to
+/// the server, as for any directory).
+const MAX_NAMES: usize = 100_000;
+
+/// What this mount knows of a name in a directory.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Known {
+    /// The name is not in the directory (as of a check less than [`FRESH_FOR`] ago).
+    Absent,
+    /// The directory's names were known, but the last check is too old: check its ctime.
+    Stale,
+    /// Nothing useful: ask the server.
+    Unknown,
+}
+
+struct Listing {
+    names: HashSet<Vec<u8>>,
+    /// The directory's ctime when its names were last known to be `names`.
+    ctime: Timestamp,
+    /// When the server last vouched for `ctime` (a check, or a change of this mount's).
+    checked: Instant,
+}
+
+/// The directories this mount knows every name of.
+#[derive(Default)]
+pub struct Listings(Mutex<HashMap<Ino, Listing>>);
+
+impl Listings {
+    /// What is known of `name` in `dir`.
+    pub fn lookup(&self, dir: Ino, name: &[u8]) -> Known {
+        let m = self.0.lock().expect("listings lock");
+        match m.get(&dir) {
+            Some(l) if l.names.contains(name) => Known::Unknown,
+            Some(l) if l.checked.elapsed() < FRESH_FOR => Known::Absent,
+            Some(_) => Known::Stale,
+            None => Known::Unknown,
+        }
+    }
+
+    /// This mount made the directory `dir` (its attributes as made, with a request sent at
+    /// `sent`): it is empty.
+    pub fn made(&self, dir: &Attr, sent: Instant) {
+        let mut m = self.0.lock().expect("listings lock");
+        if m.len() >= MAX_DIRS {
+            let oldest = m.iter().min_by_key(|(_, l)| l.checked).map(|(ino, _)| *ino);
+            if let Some(ino) = oldest {
+                m.remove(&ino);
+            }
+        }
+        m.insert(
+            dir.ino,
+            Listing {
+                names: HashSet::new(),
+                ctime: dir.ctime,
+                checked: sent,
+            },
+        );
+    }
+
+    /// One of this mount's changes (sent at `sent`) changed the directory as `change` says;
+    /// `edit` applies it to the names. A change that does not follow the ctime known here
+    /// forgets the directory.
+    pub fn changed(
+        &self,
+        change: &DirChange,
+        sent: Instant,
+        edit: impl FnOnce(&mut HashSet<Vec<u8>>),
+    ) {
+        let mut m = self.0.lock().expect("listings lock");
+        let Some(l) = m.get_mut(&change.attr.ino) else {
+            return;
+        };
+        if l.ctime != change.was {
+            m.remove(&change.attr.ino);
+            return;
+        }
+        edit(&mut l.names);
+        if l.names.len() > MAX_NAMES {
+            m.remove(&change.attr.ino);
+            return;
+        }
+        l.ctime = change.attr.ctime;
+        // The server found the directory as known here when it made the change, after `sent`.
+        l.checked = l.checked.max(sent);
+    }
+
+    /// The server gave the directory's attributes, read after `sent`: they vouch for what is
+    /// known if its ctime has not moved, else the directory is forgotten.
+    pub fn checked(&self, dir: &Attr, sent: Instant) {
+        let mut m = self.0.lock().expect("listings lock");
+        if let Some(l) = m.get_mut(&dir.ino) {
+            if l.ctime == dir.ctime {
+                l.checked = l.checked.max(sent);
+            } else {
+                m.remove(&dir.ino);
+            }
+        }
+    }
+
+    /// Something showed that the directory's names are not what is known here (a lookup found
+    /// a name this mount does not know, or missed one it does).
+    pub fn forget(&self, dir: Ino) {
+        self.0.lock().expect("listings lock").remove(&dir);
+    }
+
+    /// Whether `name` is among the names known in `dir` (for a lookup's answer to be checked
+    /// against); `None` when the directory is not known.
+    pub fn contains(&self, dir: Ino, name: &[u8]) -> Option<bool> {
+        let m = self.0.lock().expect("listings lock");
+        m.get(&dir).map(|l| l.names.contains(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_proto::FileKind;
+
+    fn dir(ino: Ino, ctime: u32) -> Attr {
+        Attr {
+            ino,
+            kind: FileKind::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            size: 0,
+            atime: Timestamp::default(),
+            mtime: Timestamp::default(),
+            ctime: Timestamp {
+                secs: 1,
+                nanos: ctime,
+            },
+            crtime: Timestamp::default(),
+            generation: 0,
+        }
+    }
+
+    fn change(ino: Ino, was: u32, now: u32) -> DirChange {
+        DirChange {
+            attr: dir(ino, now),
+            was: Timestamp {
+                secs: 1,
+                nanos: was,
+            },
+        }
+    }
+
+    #[test]
+    fn a_made_directory_answers_for_names_until_someone_else_changes_it() {
+        let l = Listings::default();
+        let t = Instant::now();
+        assert_eq!(l.lookup(5, b"a"), Known::Unknown);
+        l.made(&dir(5, 10), t);
+        assert_eq!(l.lookup(5, b"a"), Known::Absent);
+        l.changed(&change(5, 10, 11), t, |n| {
+            n.insert(b"a".to_vec());
+        });
+        assert_eq!(l.lookup(5, b"a"), Known::Unknown, "a exists now");
+        assert_eq!(l.lookup(5, b"b"), Known::Absent);
+        // A change that does not follow ctime 11: another mount changed the directory first.
+        l.changed(&change(5, 12, 13), t, |n| {
+            n.insert(b"c".to_vec());
+        });
+        assert_eq!(l.lookup(5, b"b"), Known::Unknown);
+    }
+
+    #[test]
+    fn an_old_check_asks_for_another_and_a_moved_ctime_forgets() {
+        let l = Listings::default();
+        let long_ago = Instant::now() - FRESH_FOR * 2;
+        l.made(&dir(7, 1), long_ago);
+        assert_eq!(l.lookup(7, b"x"), Known::Stale);
+        l.checked(&dir(7, 1), Instant::now());
+        assert_eq!(l.lookup(7, b"x"), Known::Absent);
+        l.checked(&dir(7, 2), Instant::now());
+        assert_eq!(l.lookup(7, b"x"), Known::Unknown);
+    }
+
+    #[test]
+    fn a_removal_makes_the_name_absent_again() {
+        let l = Listings::default();
+        let t = Instant::now();
+        l.made(&dir(9, 1), t);
+        l.changed(&change(9, 1, 2), t, |n| {
+            n.insert(b"f".to_vec());
+        });
+        l.changed(&change(9, 2, 3), t, |n| {
+            n.remove(&b"f"[..]);
+        });
+        assert_eq!(l.lookup(9, b"f"), Known::Absent);
+        assert_eq!(l.contains(9, b"f"), Some(false));
+    }
+}
