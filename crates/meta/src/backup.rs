@@ -2,8 +2,12 @@
 //!
 //! Backup: a read transaction is a consistent snapshot (redb is MVCC), so copying every table
 //! from one read transaction gives a database exactly as it was at one commit, while writers go
-//! on. The copy is written to `PATH.partial`, made durable, then renamed to `PATH` and the folder
-//! fsync'd, so a crash never leaves a half backup under the final name.
+//! on. The server's store holds recent commits in its memtable, not yet in redb: its
+//! [`MetaStore::backup_to`] first runs a checkpoint and begins the read transaction right after
+//! it, so the copy holds every commit acknowledged before the backup began, and the copy itself
+//! holds no lock that commits wait on (see [`crate::store`], "Backups"). The copy is written to
+//! `PATH.partial`, made durable, then renamed to `PATH` and the folder fsync'd, so a crash never
+//! leaves a half backup under the final name.
 //!
 //! Restore: the target folder must not be held by a running server (its lock is taken). The
 //! backup is verified first (volume record, root, every entry and block map pointing at an

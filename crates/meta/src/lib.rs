@@ -12,6 +12,7 @@ pub mod backup;
 pub mod fs;
 pub mod keys;
 pub mod locks;
+pub mod memtable;
 pub mod overlay;
 pub mod redo;
 pub mod server;

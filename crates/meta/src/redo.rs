@@ -1,11 +1,13 @@
 //! The redo log: how a commit becomes durable with one `fdatasync` of a small append instead of
 //! a database commit.
 //!
-//! Every write transaction's write set (the puts and deletes it made) is appended to one
-//! preallocated file as a record, and the store's own commit is made without syncing. A commit
-//! is durable once its record is synced; [`crate::store::RedbStore`] checkpoints now and then
-//! (a synced database commit that also stores the last record's sequence number) and starts the
-//! log over. At open, the records after the checkpoint are applied again.
+//! Every commit's write set (the last put or delete of each key it wrote) is appended to one
+//! preallocated file as a record, and the commit itself goes into the store's memtable, not the
+//! database. A commit is durable once its record is synced; [`crate::store::RedbStore`]
+//! checkpoints now and then (a synced database commit of the memtable that also stores the
+//! sequence number of the last record it holds). A full checkpoint starts the log over; a
+//! periodic one leaves it as it is, since newer records may follow the ones it applied. At open,
+//! the records up to the stored number are skipped and the ones after it applied again.
 //!
 //! Record: `len: u32 LE | crc32c(seq ‖ payload): u32 LE | seq: u64 LE | payload`. The log is
 //! read from its start while records are whole, their checksums match and their sequence

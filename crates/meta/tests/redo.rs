@@ -2,9 +2,13 @@
 //! would leave it) opens to every commit that returned.
 
 use cairn_meta::fs::Fs;
-use cairn_meta::store::{MetaStore, RedbStore};
+use cairn_meta::keys::{k2, REDO_CHECKPOINT};
+use cairn_meta::redo::RedoLog;
+use cairn_meta::store::{Checkpoint, MetaStore, RedbStore, StoreError, Table};
 use cairn_proto::*;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 fn volume() -> VolumeInfo {
     VolumeInfo {
@@ -157,4 +161,180 @@ fn a_log_that_does_not_continue_the_database_is_refused() {
     for i in 0..8 {
         assert!(back.lookup(ROOT_INO, format!("a{i}").as_bytes()).is_ok());
     }
+}
+
+/// Copy the database file of `dir` alone and open it without its log: what checkpoints wrote.
+fn db_file_only(dir: &Path) -> (tempfile::TempDir, RedbStore) {
+    let only = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("meta.redb"), only.path().join("meta.redb")).unwrap();
+    let db = RedbStore::open(&only.path().join("meta.redb"), false).unwrap();
+    (only, db)
+}
+
+/// Which of `names` (entries of the root) the database file of `dir` holds on its own.
+fn in_db_file(dir: &Path, names: &[String]) -> Vec<bool> {
+    let (_only, db) = db_file_only(dir);
+    db.read(|t| {
+        names
+            .iter()
+            .map(|n| {
+                Ok(t.get(Table::Dentries, &k2(ROOT_INO, n.as_bytes()))?
+                    .is_some())
+            })
+            .collect::<Result<Vec<_>, StoreError>>()
+    })
+    .unwrap()
+}
+
+/// The last log record the database file of `dir` holds, and the number of the first record
+/// in its log.
+fn checkpoint_and_log_start(dir: &Path) -> (u64, Option<u64>) {
+    let (_only, db) = db_file_only(dir);
+    let v = db
+        .read(|t| t.get(Table::Super, REDO_CHECKPOINT))
+        .unwrap()
+        .map_or(0, |v| u64::from_be_bytes(v.try_into().unwrap()));
+    let log = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("meta.redo"), log.path().join("meta.redo")).unwrap();
+    let (_, records) = RedoLog::open(&log.path().join("meta.redo")).unwrap();
+    (v, records.first().map(|r| r.seq))
+}
+
+fn mkdirs(fs: &Fs<RedbStore>, prefix: &str, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            let name = format!("{prefix}{i}");
+            mkdir(fs, &name);
+            name
+        })
+        .collect()
+}
+
+fn assert_all_present(fs: &Fs<RedbStore>, names: &[String]) {
+    for n in names {
+        assert!(fs.lookup(ROOT_INO, n.as_bytes()).is_ok(), "{n} lost");
+    }
+}
+
+/// Synced commits that only the memtable and the log hold (no checkpoint yet) are all there
+/// after a crash.
+#[test]
+fn synced_commits_held_only_in_memory_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open(dir.path(), true);
+    let names = mkdirs(&fs, "m", 30);
+    fs.rmdir(ROOT_INO, b"m3").unwrap();
+    let copy = crash_copy(dir.path());
+    drop(fs);
+    assert!(in_db_file(copy.path(), &names).iter().all(|held| !held));
+    let back = open(copy.path(), true);
+    assert_all_present(&back, &[&names[..3], &names[4..]].concat());
+    assert!(back.lookup(ROOT_INO, b"m3").is_err());
+}
+
+/// A periodic checkpoint does not start the log over when commits came in while it applied the
+/// memtable: at open, the records the database holds are skipped by their numbers and the
+/// tail after them is replayed.
+#[test]
+fn commits_after_a_periodic_checkpoint_replay_from_the_log_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = Arc::new(open(dir.path(), true));
+    let before = mkdirs(&fs, "before", 10);
+    let mut during = Vec::new();
+    let mut attempt = 0;
+    let (copy, after) = loop {
+        attempt += 1;
+        // Commits go on while the checkpoint runs.
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (fs, stop) = (fs.clone(), stop.clone());
+            let prefix = format!("during{attempt}-");
+            std::thread::spawn(move || {
+                let mut names = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    let name = format!("{prefix}{}", names.len());
+                    mkdir(&fs, &name);
+                    names.push(name);
+                }
+                names
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        fs.store().checkpoint(Checkpoint::Periodic).unwrap();
+        stop.store(true, Ordering::Release);
+        during.extend(writer.join().unwrap());
+        let after = mkdirs(&fs, &format!("after{attempt}-"), 10);
+        let copy = crash_copy(dir.path());
+        let (checkpoint, start) = checkpoint_and_log_start(copy.path());
+        // The log was kept if it still begins at or before what the database holds.
+        if start.is_some_and(|s| s <= checkpoint) {
+            break (copy, after);
+        }
+        assert!(attempt < 10, "no commit ever landed during a checkpoint");
+    };
+    drop(fs);
+    assert!(in_db_file(copy.path(), &before).iter().all(|held| *held));
+    assert!(in_db_file(copy.path(), &after).iter().all(|held| !held));
+    let back = open(copy.path(), true);
+    assert_all_present(&back, &before);
+    assert_all_present(&back, &during);
+    assert_all_present(&back, &after);
+}
+
+/// After a full checkpoint the log starts over just past what the database holds; commits
+/// after it are replayed from the new log.
+#[test]
+fn commits_after_a_full_checkpoint_replay_from_the_started_over_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let fs = open(dir.path(), true);
+    let before = mkdirs(&fs, "before", 10);
+    fs.store().checkpoint(Checkpoint::Full).unwrap();
+    let after = mkdirs(&fs, "after", 10);
+    let copy = crash_copy(dir.path());
+    drop(fs);
+    let (checkpoint, start) = checkpoint_and_log_start(copy.path());
+    assert_eq!(start, Some(checkpoint + 1));
+    assert!(in_db_file(copy.path(), &before).iter().all(|held| *held));
+    assert!(in_db_file(copy.path(), &after).iter().all(|held| !held));
+    let back = open(copy.path(), true);
+    assert_all_present(&back, &before);
+    assert_all_present(&back, &after);
+}
+
+/// The commit that fills half the log runs a full checkpoint, which starts the log over; a
+/// crash after it loses nothing.
+#[test]
+fn a_full_log_is_checkpointed_and_started_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |d: &Path| (d.join("meta.redb"), d.join("meta.redo"));
+    let (db, log) = p(dir.path());
+    let s = RedbStore::open_logged(&db, &log, true).unwrap();
+    // One key rewritten with 1 MiB values: the log grows, the memtable does not.
+    let mut big = vec![0u8; 1 << 20];
+    for i in 0..40u32 {
+        big[0] = i as u8;
+        s.write(|t| {
+            t.put(Table::Xattrs, b"big", &big)?;
+            t.put(Table::Xattrs, format!("small{i:02}").as_bytes(), b"v")
+        })
+        .unwrap();
+    }
+    assert!(s.memtable_usage().bytes < 2 << 20);
+    let copy = crash_copy(dir.path());
+    drop(s);
+    let (checkpoint, start) = checkpoint_and_log_start(copy.path());
+    assert!(
+        checkpoint >= 32,
+        "no full checkpoint ran (database holds record {checkpoint})"
+    );
+    assert_eq!(start, Some(checkpoint + 1), "the log was not started over");
+    let (db, log) = p(copy.path());
+    let back = RedbStore::open_logged(&db, &log, true).unwrap();
+    back.read(|t| {
+        assert_eq!(t.get(Table::Xattrs, b"big")?.map(|v| v[0]), Some(39));
+        let small = t.range(Table::Xattrs, b"small", b"smalm", usize::MAX)?;
+        assert_eq!(small.len(), 40);
+        Ok::<_, StoreError>(())
+    })
+    .unwrap();
 }
