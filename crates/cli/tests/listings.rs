@@ -155,3 +155,39 @@ fn another_mounts_names_show_and_o_creat_opens_them() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A folder this mount did not make becomes known by listing it whole (over several answers of
+/// the server and several kernel buffers): every name listed is then found, a name not listed
+/// is absent, and a name another mount adds later shows within about the TTL.
+#[test]
+fn a_whole_listing_teaches_a_folders_names() {
+    let Some(c) = local_cluster() else { return };
+    let m2 = c.new_mount();
+    let there = m2.join("theirs");
+    fs::create_dir(&there).expect("mkdir there");
+    let names: Vec<String> = (0..1500)
+        .map(|i| format!("{i:05}-{}", "x".repeat(60)))
+        .collect();
+    for n in &names {
+        File::create(there.join(n)).expect("create there");
+    }
+    let here = c.join("theirs");
+    let mut want = names.clone();
+    want.sort();
+    assert_eq!(list(&here), want, "listing here");
+    // Past the kernel's TTL for the entries the listing gave it: the lookups reach the mount.
+    std::thread::sleep(Duration::from_millis(1200));
+    for n in &names {
+        assert!(exists(&here.join(n)), "{n}, listed, is found here");
+    }
+    assert!(!exists(&here.join("missing")), "a name not listed");
+    File::create(there.join("new")).expect("create new there");
+    let before = Instant::now();
+    while !exists(&here.join("new")) {
+        assert!(
+            before.elapsed() < Duration::from_secs(5),
+            "a name another mount made after the listing is still missing here after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -765,6 +765,7 @@ impl Client {
         plus: bool,
     ) -> Result<(Vec<DirEntry>, bool), RpcError> {
         let before = self.commit_count();
+        let sent = Instant::now();
         match self
             .rpc
             .call(Request::ReadDir {
@@ -775,7 +776,13 @@ impl Client {
             })
             .await?
         {
-            Reply::Dir { mut entries, eof } => {
+            Reply::Dir {
+                mut entries,
+                eof,
+                ctime,
+            } => {
+                let names = entries.iter().map(|e| (e.name.as_slice(), e.cookie));
+                self.listings.listed(ino, cookie, names, eof, ctime, sent);
                 if plus {
                     for e in &mut entries {
                         if let Some(a) = e.attr.take() {

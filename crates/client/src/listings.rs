@@ -15,7 +15,7 @@
 //! is staler than one the kernel itself may give from its caches. Past that, the mount asks the
 //! server for the directory's attributes once and goes on if the ctime has not moved.
 
-use cairn_proto::{Attr, DirChange, Ino, Timestamp};
+use cairn_proto::{Attr, DirChange, Ino, Timestamp, FIRST_COOKIE};
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -47,14 +47,26 @@ struct Listing {
     checked: Instant,
 }
 
+/// A listing being read, chunk by chunk, by one reader (a second reader of the same directory
+/// starts it over; then neither learns anything, which costs only the saving).
+struct Reading {
+    names: HashSet<Vec<u8>>,
+    ctime: Timestamp,
+    /// The cookie the next chunk must start after.
+    next: u64,
+}
+
 /// The directories this mount knows every name of.
 #[derive(Default)]
-pub struct Listings(Mutex<HashMap<Ino, Listing>>);
+pub struct Listings {
+    known: Mutex<HashMap<Ino, Listing>>,
+    reading: Mutex<HashMap<Ino, Reading>>,
+}
 
 impl Listings {
     /// What is known of `name` in `dir`.
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Known {
-        let m = self.0.lock().expect("listings lock");
+        let m = self.known.lock().expect("listings lock");
         match m.get(&dir) {
             Some(l) if l.names.contains(name) => Known::Unknown,
             Some(l) if l.checked.elapsed() < FRESH_FOR => Known::Absent,
@@ -66,13 +78,8 @@ impl Listings {
     /// This mount made the directory `dir` (its attributes as made, with a request sent at
     /// `sent`): it is empty.
     pub fn made(&self, dir: &Attr, sent: Instant) {
-        let mut m = self.0.lock().expect("listings lock");
-        if m.len() >= MAX_DIRS {
-            let oldest = m.iter().min_by_key(|(_, l)| l.checked).map(|(ino, _)| *ino);
-            if let Some(ino) = oldest {
-                m.remove(&ino);
-            }
-        }
+        let mut m = self.known.lock().expect("listings lock");
+        Self::make_room(&mut m);
         m.insert(
             dir.ino,
             Listing {
@@ -81,6 +88,85 @@ impl Listings {
                 checked: sent,
             },
         );
+    }
+
+    /// A chunk of a listing of `dir`, read after `sent`: the entries after `cookie` (each with
+    /// its name and cookie), whether they are the last, and the directory's ctime as of them.
+    /// A listing read from its start to its end at one ctime holds every name the directory had
+    /// (the ctime moves with every change of its entries), and is then known.
+    pub fn listed<'a>(
+        &self,
+        dir: Ino,
+        cookie: u64,
+        entries: impl Iterator<Item = (&'a [u8], u64)>,
+        eof: bool,
+        ctime: Timestamp,
+        sent: Instant,
+    ) {
+        let mut reading = self.reading.lock().expect("listings lock");
+        if cookie < FIRST_COOKIE {
+            if reading.len() >= MAX_DIRS {
+                reading.clear();
+            }
+            reading.insert(
+                dir,
+                Reading {
+                    names: HashSet::new(),
+                    ctime,
+                    next: cookie,
+                },
+            );
+        }
+        let Some(r) = reading.get_mut(&dir) else {
+            return;
+        };
+        // The kernel may ask again from within the last chunk (its buffer took only part of
+        // it): entries read twice are the same names, as long as the ctime has not moved.
+        if cookie > r.next || r.ctime != ctime {
+            reading.remove(&dir);
+            return;
+        }
+        for (name, c) in entries {
+            r.names.insert(name.to_vec());
+            r.next = c;
+        }
+        if r.names.len() > MAX_NAMES {
+            reading.remove(&dir);
+            return;
+        }
+        if !eof {
+            return;
+        }
+        let Some(r) = reading.remove(&dir) else {
+            return;
+        };
+        drop(reading);
+        let mut m = self.known.lock().expect("listings lock");
+        if let Some(l) = m.get(&dir) {
+            // What this mount knows already stands if it is as new; a listing of an older
+            // ctime (read while a change of this mount's landed) is not news.
+            if l.ctime >= r.ctime {
+                return;
+            }
+        }
+        Self::make_room(&mut m);
+        m.insert(
+            dir,
+            Listing {
+                names: r.names,
+                ctime: r.ctime,
+                checked: sent,
+            },
+        );
+    }
+
+    fn make_room(m: &mut HashMap<Ino, Listing>) {
+        if m.len() >= MAX_DIRS {
+            let oldest = m.iter().min_by_key(|(_, l)| l.checked).map(|(ino, _)| *ino);
+            if let Some(ino) = oldest {
+                m.remove(&ino);
+            }
+        }
     }
 
     /// One of this mount's changes (sent at `sent`) changed the directory as `change` says;
@@ -92,7 +178,7 @@ impl Listings {
         sent: Instant,
         edit: impl FnOnce(&mut HashSet<Vec<u8>>),
     ) {
-        let mut m = self.0.lock().expect("listings lock");
+        let mut m = self.known.lock().expect("listings lock");
         let Some(l) = m.get_mut(&change.attr.ino) else {
             return;
         };
@@ -113,7 +199,7 @@ impl Listings {
     /// The server gave the directory's attributes, read after `sent`: they vouch for what is
     /// known if its ctime has not moved, else the directory is forgotten.
     pub fn checked(&self, dir: &Attr, sent: Instant) {
-        let mut m = self.0.lock().expect("listings lock");
+        let mut m = self.known.lock().expect("listings lock");
         if let Some(l) = m.get_mut(&dir.ino) {
             if l.ctime == dir.ctime {
                 l.checked = l.checked.max(sent);
@@ -126,13 +212,13 @@ impl Listings {
     /// Something showed that the directory's names are not what is known here (a lookup found
     /// a name this mount does not know, or missed one it does).
     pub fn forget(&self, dir: Ino) {
-        self.0.lock().expect("listings lock").remove(&dir);
+        self.known.lock().expect("listings lock").remove(&dir);
     }
 
     /// Whether `name` is among the names known in `dir` (for a lookup's answer to be checked
     /// against); `None` when the directory is not known.
     pub fn contains(&self, dir: Ino, name: &[u8]) -> Option<bool> {
-        let m = self.0.lock().expect("listings lock");
+        let m = self.known.lock().expect("listings lock");
         m.get(&dir).map(|l| l.names.contains(name))
     }
 }
@@ -202,6 +288,41 @@ mod tests {
         assert_eq!(l.lookup(7, b"x"), Known::Absent);
         l.checked(&dir(7, 2), Instant::now());
         assert_eq!(l.lookup(7, b"x"), Known::Unknown);
+    }
+
+    #[test]
+    fn a_whole_listing_at_one_ctime_is_known_and_a_torn_one_is_not() {
+        let l = Listings::default();
+        let t = Instant::now();
+        let ts = |n| Timestamp { secs: 1, nanos: n };
+        let chunk =
+            |names: &'static [(&'static str, u64)]| names.iter().map(|(n, c)| (n.as_bytes(), *c));
+        l.listed(3, 0, chunk(&[("a", 3), ("b", 4)]), false, ts(5), t);
+        assert_eq!(l.lookup(3, b"z"), Known::Unknown, "half a listing");
+        l.listed(3, 4, chunk(&[("c", 5)]), true, ts(5), t);
+        assert_eq!(l.lookup(3, b"z"), Known::Absent);
+        assert_eq!(l.lookup(3, b"c"), Known::Unknown, "c is there");
+
+        // The directory changed between two chunks: nothing learned.
+        l.listed(4, 0, chunk(&[("a", 3)]), false, ts(5), t);
+        l.listed(4, 3, chunk(&[("b", 4)]), true, ts(6), t);
+        assert_eq!(l.lookup(4, b"z"), Known::Unknown);
+        // A chunk that does not follow the last one: nothing learned.
+        l.listed(6, 0, chunk(&[("a", 3)]), false, ts(5), t);
+        l.listed(6, 7, chunk(&[("b", 8)]), true, ts(5), t);
+        assert_eq!(l.lookup(6, b"z"), Known::Unknown);
+        // Asked again from within the last chunk (the kernel's buffer was full): still whole.
+        l.listed(
+            8,
+            2,
+            chunk(&[("a", 3), ("b", 4), ("c", 5)]),
+            false,
+            ts(5),
+            t,
+        );
+        l.listed(8, 4, chunk(&[("c", 5), ("d", 6)]), true, ts(5), t);
+        assert_eq!(l.lookup(8, b"z"), Known::Absent);
+        assert_eq!(l.lookup(8, b"d"), Known::Unknown);
     }
 
     #[test]

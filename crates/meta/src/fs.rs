@@ -869,9 +869,23 @@ impl<S: MetaStore> Fs<S> {
         limit: u32,
         plus: bool,
     ) -> FsResult<(Vec<DirEntry>, bool)> {
+        self.readdir_at(ino, cookie, limit, plus)
+            .map(|(entries, eof, _)| (entries, eof))
+    }
+
+    /// [`Self::readdir`], and the directory's ctime as of the entries returned: a mount that
+    /// reads a whole listing at one ctime knows every name in the directory (crate
+    /// cairn_client::listings).
+    pub fn readdir_at(
+        &self,
+        ino: Ino,
+        cookie: u64,
+        limit: u32,
+        plus: bool,
+    ) -> FsResult<(Vec<DirEntry>, bool, Timestamp)> {
         let limit = limit.clamp(1, READDIR_MAX) as usize;
         self.store.read(|t| {
-            get_dir(t, ino)?;
+            let ctime = get_dir(t, ino)?.ctime;
             let rows = t.range(
                 Table::DirCookies,
                 &kk(ino, cookie.saturating_add(1)),
@@ -898,7 +912,7 @@ impl<S: MetaStore> Fs<S> {
                     attr,
                 });
             }
-            Ok((out, eof))
+            Ok((out, eof, ctime))
         })
     }
 

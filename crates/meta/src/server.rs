@@ -806,8 +806,12 @@ pub fn read<S: MetaStore>(fs: &Fs<S>, session: u64, req: Request) -> Response {
             limit,
             plus,
         } => {
-            let (entries, eof) = fs.readdir(ino, cookie, limit, plus)?;
-            Reply::Dir { entries, eof }
+            let (entries, eof, ctime) = fs.readdir_at(ino, cookie, limit, plus)?;
+            Reply::Dir {
+                entries,
+                eof,
+                ctime,
+            }
         }
         Request::StatFs => Reply::StatFs(fs.statfs()?),
         Request::GetXattr { ino, name } => Reply::Data(fs.getxattr(ino, &name)?),

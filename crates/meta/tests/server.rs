@@ -173,7 +173,9 @@ async fn concurrent_mutations_share_commits_and_all_land() {
         t.await.unwrap();
     }
     let mut c = Raw::connect(addr, None).await;
-    let Ok(Reply::Dir { entries, eof: true }) = c
+    let Ok(Reply::Dir {
+        entries, eof: true, ..
+    }) = c
         .send(
             0,
             Request::ReadDir {

@@ -532,6 +532,10 @@ pub struct Envelope {
     pub request: Request,
 }
 
+/// The lowest cookie of a directory entry: a listing from any cookie below it (the FUSE
+/// adapter keeps 1 and 2 for "." and "..") starts at the beginning.
+pub const FIRST_COOKIE: u64 = 3;
+
 /// A directory as one change left it, and its ctime just before the change. The server moves a
 /// directory's ctime forward with every change of its entries, so a mount that knew the
 /// directory's entries at ctime `was` knows them still, with this change applied; if it knew
@@ -566,8 +570,13 @@ pub enum Reply {
     Data(Vec<u8>),
     /// xattr names.
     Names(Vec<Vec<u8>>),
-    /// Directory entries, and whether the listing is complete.
-    Dir { entries: Vec<DirEntry>, eof: bool },
+    /// Directory entries, whether the listing is complete, and the directory's ctime as of
+    /// these entries (see [`DirChange`]).
+    Dir {
+        entries: Vec<DirEntry>,
+        eof: bool,
+        ctime: Timestamp,
+    },
     /// Filesystem statistics.
     StatFs(StatFs),
     /// Block map entries, ordered by index; missing indices are holes. `size` is the file size.
