@@ -6,9 +6,12 @@
 #   BENCH_SIZE_MIB=256 BENCH_TIME=5 BENCH_FILES=200 scripts/bench/run data      (a quick run)
 #
 # Starts one `weed mini` with a bucket per filesystem; `cairn meta serve --sync` and
-# `cairn mount start` (defaults); JuiceFS on a private redis without persistence (`juicefs mount
-# -d`, defaults); s3fs (defaults: no local cache); `rclone mount --vfs-cache-mode off`. Then, each
-# workload on each filesystem in turn (fio with ioengine=psync, buffered I/O, random data):
+# `cairn mount start` (defaults, with its disk cache in $WORK/cairn-cache); JuiceFS on a private
+# redis without persistence (`juicefs mount -d`, defaults, with its disk cache in
+# $WORK/juicefs-cache); s3fs (defaults: no local cache); `rclone mount --vfs-cache-mode off`.
+# Both disk caches are deleted at every remount, so that a cold read is served by the bucket.
+# Then, each workload on each filesystem in turn (fio with ioengine=psync, buffered I/O, random
+# data):
 #
 #  1. seq write: one file of SIZE (1 thread) or one file of SIZE/4 per thread (4 threads), 1 MiB
 #     writes, end_fsync=1; MB/s = bytes / wall time of the whole fio run (create, write, fsync,
@@ -102,7 +105,10 @@ VERSION[rclone]=$(rclone version 2>/dev/null | head -1 | awk '{print $2}') || tr
 fs_mount() { # fs_mount FS: 1 if it fails
     local fs=$1 ok=0
     case $fs in
-        cairn) mount_cairn_only data cairn-data "${MNT[cairn]}" || ok=1 ;;
+        cairn)
+            rm -rf "$WORK/cairn-cache"
+            mount_cairn_only data cairn-data "${MNT[cairn]}" || ok=1
+            ;;
         juicefs)
             rm -rf "$WORK/juicefs-cache"
             mount_juicefs_only "${MNT[juicefs]}" 1 || ok=1
@@ -134,6 +140,7 @@ fs_unmount() {
     DPIDS[$fs]=""
     # Local disk caches go with the mount: what is read next comes from the bucket.
     case $fs in
+        cairn) rm -rf "$WORK/cairn-cache" ;;
         juicefs) rm -rf "$WORK/juicefs-cache" ;;
         rclone) rm -rf "$WORK/rclone-cache" ;;
     esac
@@ -418,7 +425,7 @@ elapsed=$((SECONDS - started))
 echo
 echo "data: BENCH_SIZE_MIB=$SIZE_MIB BENCH_TIME=$TIME BENCH_FILES=$FILES BENCH_FILE_KIB=$FILE_KIB" \
     "BENCH_THREADS=\"$THREADS\" BENCH_RAND_THREADS=\"$RAND_THREADS\"; measured in ${elapsed}s"
-echo "cairn meta serve --sync + cairn mount start (defaults); JuiceFS ${VERSION[juicefs]:-?} on redis without" \
+echo "cairn meta serve --sync + cairn mount start (defaults; disk cache in the work folder); JuiceFS ${VERSION[juicefs]:-?} on redis without" \
     "persistence; s3fs ${VERSION[s3fs]:-?} (defaults, no use_cache); rclone ${VERSION[rclone]:-?} mount" \
     "--vfs-cache-mode $RCLONE_CACHE_MODE; SeaweedFS $(weed version 2>/dev/null | head -1 | awk '{print $3}'); fio $(fio --version)"
 echo

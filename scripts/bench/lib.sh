@@ -8,7 +8,7 @@
 #   create_bucket NAME         SigV4-signed PUT (curl --aws-sigv4)
 #   start_redis                private redis, no persistence ($REDIS_PORT)
 #   start_cairn_meta VOLUME    `cairn meta serve --sync` ($CAIRN_META; CAIRN_SYNC=0 drops --sync)
-#   mount_cairn VOLUME BUCKET MNT
+#   mount_cairn VOLUME BUCKET MNT    its disk cache in $WORK/cairn-cache
 #   mount_juicefs NAME BUCKET MNT DB
 #
 # and, for the data-path benchmark (peers that may be missing: these return 1 instead of dying):
@@ -273,12 +273,15 @@ start_cairn_meta() {
     log "cairn meta serve ${sync[*]:-(without --sync)} on $CAIRN_META (pid $pid)"
 }
 
+# The mount's disk cache (on by default) goes to $WORK/cairn-cache, not /var/cache/cairn, so that
+# it goes with the work folder and a script can delete it for cold reads.
 mount_cairn_only() { # mount_cairn_only VOLUME BUCKET MNT: 1 if it fails
     MOUNT_PIDS=""
     mkdir -p "$3"
     _MOUNTS+=("cairn:$3")
     env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=$S3_REGION \
         "$CAIRN" mount start "$1" "$3" --meta "$CAIRN_META" --store "s3://$2" --s3-endpoint "$S3_ENDPOINT" \
+        --cache-dir "$WORK/cairn-cache" \
         --log-file "$WORK/cairn-mount.log" >"$WORK/cairn-mount-start.out" 2>&1 </dev/null ||
         { cat "$WORK/cairn-mount-start.out" >&2; tail -n 20 "$WORK/cairn-mount.log" >&2 || true; log "cairn mount start failed"; return 1; }
     # "mounted volume `NAME` at MNT (pid N, log FILE)"

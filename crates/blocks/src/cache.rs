@@ -39,8 +39,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, Write};
+use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,6 +76,17 @@ pub struct CacheConfig {
 /// Bytes the cache keeps available on its filesystem: 10% of its size, at most 1 GiB.
 pub fn free_space_margin(fs_size: u64) -> u64 {
     (fs_size / 10).min(MAX_FREE_MARGIN)
+}
+
+/// Part of a cached copy, from [`DiskCache::get_range`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CachedRange {
+    /// The bytes asked for, or fewer if the file ends before them.
+    pub bytes: Bytes,
+    /// Length of the whole file: a copy of another length than its object is damaged.
+    pub file_len: u64,
+    /// The copy waits for upload (it is the block's only copy).
+    pub staged: bool,
 }
 
 /// What the cache holds, for logs and metrics.
@@ -482,9 +495,48 @@ impl DiskCache {
         self.index().staged.values().cloned().collect()
     }
 
+    /// Whether `path` is cached (clean or staged). Does not mark it as used.
+    pub fn contains(&self, path: &str) -> bool {
+        let ix = self.index();
+        !ix.closed && ix.entries.contains_key(path)
+    }
+
     /// The stored bytes of `path` if cached, and whether they are staged (not uploaded yet).
     /// Marks a clean entry as used. A read error counts as a miss.
     pub async fn get(&self, path: &str) -> Option<(Bytes, bool)> {
+        self.read_entry(path, |file| fs::read(file).map(Bytes::from))
+            .await
+    }
+
+    /// Stored bytes `range` of the cached copy of `path` (fewer if the file is shorter), read
+    /// without the rest of the file: for random reads, which need a block's table and a frame
+    /// or two, not the whole block. Marks a clean entry as used; a read error counts as a miss.
+    pub async fn get_range(&self, path: &str, range: Range<u64>) -> Option<CachedRange> {
+        let read = move |file: PathBuf| -> io::Result<(Bytes, u64)> {
+            let file = File::open(file)?;
+            let file_len = file.metadata()?.len();
+            let end = range.end.min(file_len);
+            let start = range.start.min(end);
+            let mut buf = vec![0u8; (end - start) as usize];
+            file.read_exact_at(&mut buf, start)?;
+            Ok((Bytes::from(buf), file_len))
+        };
+        let ((bytes, file_len), staged) = self.read_entry(path, read).await?;
+        Some(CachedRange {
+            bytes,
+            file_len,
+            staged,
+        })
+    }
+
+    /// Runs `read` on the file of `path`'s entry, off the async threads, and says whether the
+    /// entry is staged. Marks a clean entry as used. A read error counts as a miss; a missing
+    /// file is dropped from the index.
+    async fn read_entry<T: Send + 'static>(
+        &self,
+        path: &str,
+        read: impl Fn(PathBuf) -> io::Result<T> + Clone + Send + 'static,
+    ) -> Option<(T, bool)> {
         // Twice: an upload may move the file from staged/ to clean/ between lookup and read.
         for _ in 0..2 {
             let state = {
@@ -496,9 +548,9 @@ impl DiskCache {
                 ix.touch(path);
                 state
             };
-            let file = self.file(state, path);
-            match blocking(move || fs::read(file)).await {
-                Ok(bytes) => return Some((Bytes::from(bytes), state == State::Staged)),
+            let (file, read) = (self.file(state, path), read.clone());
+            match blocking(move || read(file)).await {
+                Ok(value) => return Some((value, state == State::Staged)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     let mut ix = self.index();
                     if ix.entries.get(path).map(|e| e.state) != Some(state) {

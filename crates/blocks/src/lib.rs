@@ -34,7 +34,7 @@ mod retry;
 pub mod store;
 mod writeback;
 
-pub use cache::{CacheConfig, CacheUsage, DiskCache};
+pub use cache::{CacheConfig, CacheUsage, CachedRange, DiskCache};
 pub use codec::{BlockCodec, CodecError, Compression, ParseCompressionError};
 pub use error::BlockError;
 pub use key::BlockKey;

@@ -53,9 +53,12 @@
 //!   the object durably in the cache and returns; the uploader (writeback.rs) writes it to the
 //!   store with steps 2 and 3 above, retrying forever, and then the copy becomes a clean one. If
 //!   staging fails (cache full of staged blocks, disk full, I/O error), `put` writes directly.
-//! - `get_range` serves the range from a cached copy of the whole object if there is one
-//!   (checking the frames it decodes; a copy that fails is dropped as by `get`). It never caches
-//!   a part of an object: the cache holds whole objects only.
+//! - `get_range` serves the range from a cached copy of the whole object if there is one,
+//!   reading from the file only the frame table (unless it is in the table cache) and the frames
+//!   it needs, as from the store; it checks the frames it decodes and the copy's length against
+//!   the table, and a copy that fails is dropped as by `get`. It never caches a part of an
+//!   object: the cache holds whole objects only. [`BlockStore::is_cached`] says whether a block
+//!   has a copy, so that a caller can fetch whole blocks for the cache in the background.
 //! - `delete` drops the cached or staged copy too.
 
 use std::fmt;
@@ -734,11 +737,11 @@ impl BlockStore {
             return Ok(Part::Range(Bytes::new()));
         }
         if let Some(cache) = &self.inner.cache {
-            if let Some((stored, staged)) = cache.get(path.as_ref()).await {
-                match core.decode_range(stored, &path, range.clone()).await {
-                    Ok(raw) => return Ok(Part::Range(raw)),
-                    Err(reason) => cached_copy_failed(cache, &path, staged, reason).await,
-                }
+            if let Some(raw) = self
+                .cached_part(cache, &path, range.clone(), block_len)
+                .await
+            {
+                return Ok(Part::Range(raw));
             }
         }
         let reason = match self.read_part(&path, range.clone(), block_len).await? {
@@ -758,6 +761,101 @@ impl BlockStore {
                 path: core.object_url(&path),
                 reason,
             }),
+        }
+    }
+
+    /// Whether the disk cache holds a copy of the block (false without a disk cache).
+    pub fn is_cached(&self, key: &BlockKey) -> bool {
+        self.inner
+            .cache
+            .as_ref()
+            .is_some_and(|cache| cache.contains(self.inner.core.path(key).as_ref()))
+    }
+
+    /// Raw bytes `range` of the block at `path` from its copy in the disk cache, reading only
+    /// the copy's frame table (unless known) and the frames that hold them, as `read_part` reads
+    /// the store. None: no copy, or one that failed verification (dropped, as by `get`), so the
+    /// caller reads the store.
+    async fn cached_part(
+        &self,
+        cache: &DiskCache,
+        path: &Path,
+        range: Range<u64>,
+        block_len: u64,
+    ) -> Option<Bytes> {
+        let core = &self.inner.core;
+        let layout = match self.inner.layouts.get(path.as_ref()) {
+            Some(layout) => layout,
+            None => {
+                let want = index_len_for(block_len);
+                let mut prefix = cache.get_range(path.as_ref(), 0..want).await?;
+                let mut parsed = FrameIndex::parse(&prefix.bytes);
+                if let Ok(IndexRead::NeedIndex(len)) = parsed {
+                    if prefix.bytes.len() as u64 == want {
+                        prefix = cache.get_range(path.as_ref(), 0..len).await?;
+                        parsed = FrameIndex::parse(&prefix.bytes);
+                    }
+                }
+                let layout = match parsed {
+                    Ok(IndexRead::Whole) => Layout::Whole,
+                    Ok(IndexRead::Index(index)) => Layout::Frames(Arc::new(index)),
+                    Ok(IndexRead::NeedIndex(len)) => {
+                        let reason = CodecError::LengthMismatch {
+                            expected: len,
+                            actual: prefix.bytes.len() as u64,
+                        };
+                        cached_copy_failed(cache, path, prefix.staged, reason).await;
+                        return None;
+                    }
+                    Err(reason) => {
+                        cached_copy_failed(cache, path, prefix.staged, reason).await;
+                        return None;
+                    }
+                };
+                // The copy is the object: its checked table is the object's.
+                let layout = Arc::new(layout);
+                self.inner
+                    .layouts
+                    .insert(path.to_string(), Arc::clone(&layout));
+                layout
+            }
+        };
+        let Layout::Frames(index) = &*layout else {
+            // Version 1: no frames, decode the whole copy.
+            let (stored, staged) = cache.get(path.as_ref()).await?;
+            return match core.decode_range(stored, path, range).await {
+                Ok(raw) => Some(raw),
+                Err(reason) => {
+                    cached_copy_failed(cache, path, staged, reason).await;
+                    None
+                }
+            };
+        };
+        let frames = index.frames_for(range.clone());
+        if frames.is_empty() {
+            return Some(Bytes::new());
+        }
+        let span = index.stored_span(frames.clone());
+        let part = cache.get_range(path.as_ref(), span).await?;
+        let decoded = if part.file_len != index.object_len() {
+            Err(CodecError::LengthMismatch {
+                expected: index.object_len(),
+                actual: part.file_len,
+            })
+        } else {
+            core.decode_frames(Arc::clone(index), frames.clone(), part.bytes, path)
+                .await
+        };
+        match decoded {
+            Ok(raw) => {
+                let base = index.raw_start(frames.start);
+                let end = range.end.min(index.raw_len()) - base;
+                Some(raw.slice((range.start - base) as usize..end as usize))
+            }
+            Err(reason) => {
+                cached_copy_failed(cache, path, part.staged, reason).await;
+                None
+            }
         }
     }
 
@@ -1729,6 +1827,90 @@ mod tests {
             .unwrap()
             .entry_file(&key(2).object_path("vol"))
             .is_some());
+    }
+
+    /// A cached copy serves ranges by its table and frames alone: a store opened afresh over
+    /// the cache folder (no table in memory) reads the table from the copy, makes no request,
+    /// and says the block is cached. A copy of the wrong length is dropped even where the range
+    /// asked for is intact, and the range is read from the store.
+    #[tokio::test]
+    async fn get_range_reads_table_and_frames_from_the_cached_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        let cfg = cache_config(dir.path(), 1 << 30, false);
+        let raw = mixed_block(1 << 20, 5);
+        {
+            let store = cached(&faults, lz4(), &cfg).unwrap();
+            store.put(&key(1), raw.clone()).await.unwrap();
+            assert!(store.is_cached(&key(1)));
+            assert!(!store.is_cached(&key(2)));
+        }
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        assert_eq!(store.index_cache_usage().0, 0, "no table in memory");
+        let calls = faults.calls.load(Ordering::SeqCst);
+        for at in [0, 70_000, 700_000, (1 << 20) - 4096] {
+            assert_eq!(
+                store
+                    .get_range(&key(1), at..at + 4096, 1 << 20)
+                    .await
+                    .unwrap(),
+                raw[at as usize..at as usize + 4096]
+            );
+        }
+        assert_eq!(
+            faults.calls.load(Ordering::SeqCst),
+            calls,
+            "no store request"
+        );
+        assert_eq!(store.index_cache_usage().0, 1, "the copy's table is kept");
+
+        let path = key(1).object_path("vol");
+        let file = store.cache().unwrap().entry_file(&path).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes.extend_from_slice(b"junk");
+        std::fs::write(&file, &bytes).unwrap();
+        assert_eq!(
+            store.get_range(&key(1), 10..20, 1 << 20).await.unwrap(),
+            raw[10..20]
+        );
+        assert!(
+            faults.calls.load(Ordering::SeqCst) > calls,
+            "read from the store"
+        );
+        assert!(!store.is_cached(&key(1)), "the damaged copy is dropped");
+    }
+
+    /// A cached copy whose frame table is damaged is dropped, and the range read from the store.
+    #[tokio::test]
+    async fn a_cached_copy_with_a_damaged_table_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        let cfg = cache_config(dir.path(), 1 << 30, false);
+        let raw = mixed_block(1 << 20, 6);
+        cached(&faults, lz4(), &cfg)
+            .unwrap()
+            .put(&key(1), raw.clone())
+            .await
+            .unwrap();
+        let store = cached(&faults, lz4(), &cfg).unwrap();
+        let path = key(1).object_path("vol");
+        let file = store.cache().unwrap().entry_file(&path).unwrap();
+        let mut bytes = std::fs::read(&file).unwrap();
+        bytes[30] ^= 0x40;
+        std::fs::write(&file, &bytes).unwrap();
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert_eq!(
+            store
+                .get_range(&key(1), 500_000..500_100, 1 << 20)
+                .await
+                .unwrap(),
+            raw[500_000..500_100]
+        );
+        assert!(
+            faults.calls.load(Ordering::SeqCst) > calls,
+            "read from the store"
+        );
+        assert!(!store.is_cached(&key(1)));
     }
 
     fn block() -> (BlockKey, Bytes) {

@@ -221,21 +221,36 @@ pub struct S3Args {
     pub s3_region: Option<String>,
 }
 
-/// The on-disk block cache (L2) and writeback.
+/// The on-disk block cache (L2) and writeback. A mount has a disk cache unless
+/// --no-disk-cache: random reads of large files fill it in the background, so that they stop
+/// paying the bucket's latency at every read.
 #[derive(Args, Debug, Clone, Default)]
 pub struct CacheArgs {
     /// Keep blocks read and written in this folder (as stored in the bucket: compressed, and
-    /// encrypted if the volume is). One process per folder; created if missing.
-    #[arg(long, value_name = "DIR", help_heading = CACHE_HEADING)]
+    /// encrypted if the volume is). One process per folder; created if missing. Default of
+    /// `mount start`: /var/cache/cairn/VOLUME-HASH (HASH: 16 hex digits from the mount point),
+    /// else, if that cannot be used, $XDG_CACHE_HOME/cairn/VOLUME-HASH or
+    /// ~/.cache/cairn/VOLUME-HASH, else no disk cache (with a warning in the log);
+    /// $CAIRN_CACHE_ROOT, if set, replaces these folders. Default of `up`: DIR/.cairn/cache
+    /// with --store, none with blocks in DIR/.cairn/blocks.
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = CACHE_HEADING,
+        conflicts_with = "no_disk_cache"
+    )]
     pub cache_dir: Option<PathBuf>,
+    /// No disk cache: every read that misses the memory cache goes to the object store.
+    #[arg(long, help_heading = CACHE_HEADING)]
+    pub no_disk_cache: bool,
     /// Most bytes the disk cache holds [default: 10GiB]. It also leaves 10% of its filesystem
     /// (at most 1 GiB) free.
     #[arg(long, value_name = "SIZE", value_parser = parse_size, help_heading = CACHE_HEADING)]
     pub cache_disk_size: Option<u64>,
-    /// Acknowledge writes once their blocks are safe in --cache-dir (fsynced) and upload them
-    /// in the background, retrying until the object store takes them; blocks left by a crash
-    /// are uploaded when the mount starts again, before it serves. Other hosts see a file's
-    /// new contents only once its blocks are uploaded.
+    /// Acknowledge writes once their blocks are safe in the disk cache folder (fsynced) and
+    /// upload them in the background, retrying until the object store takes them; blocks left
+    /// by a crash are uploaded when the mount starts again with the same folder, before it
+    /// serves. Other hosts see a file's new contents only once its blocks are uploaded.
     #[arg(long, help_heading = CACHE_HEADING)]
     pub writeback: bool,
 }

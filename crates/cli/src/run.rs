@@ -239,22 +239,55 @@ const DEFAULT_CACHE_DISK_SIZE: u64 = 10 << 30;
 /// Smallest --cache-disk-size: room for a few of the largest (8 MiB) blocks.
 const MIN_CACHE_DISK_SIZE: u64 = 64 << 20;
 
-/// The disk cache settings, checked (before a mount forks, so that mistakes show at once).
-/// None without --cache-dir.
-fn cache_config(c: &CacheArgs, mountpoint: &Path) -> anyhow::Result<Option<CacheConfig>> {
-    let Some(dir) = &c.cache_dir else {
+/// Where a mount's disk cache goes, as its flags say; see [`cache_plan`] and [`open_cache`].
+#[derive(Debug)]
+enum CachePlan {
+    /// No disk cache, and why (for the log).
+    Off(&'static str),
+    /// --cache-dir: a folder that does not work fails the mount.
+    Given(CacheConfig),
+    /// The first of these folders that works. That none does must not stop a mount: it mounts
+    /// without a disk cache and says why in the log (with --writeback, which cannot do without
+    /// one, it fails).
+    Default {
+        dirs: Vec<PathBuf>,
+        capacity: u64,
+        writeback: bool,
+    },
+}
+
+/// The disk cache flags, checked before a mount forks, so that mistakes show at once. `defaults`
+/// gives the default folders, best first (none: no disk cache unless --cache-dir or
+/// --writeback asks for one).
+fn cache_plan(
+    c: &CacheArgs,
+    mountpoint: &Path,
+    defaults: impl FnOnce() -> Vec<PathBuf>,
+) -> anyhow::Result<CachePlan> {
+    if c.no_disk_cache {
         if c.writeback {
-            bail!("--writeback needs --cache-dir DIR: blocks wait there, on local disk, until they are uploaded");
+            bail!("--writeback needs a disk cache, and --no-disk-cache turns it off: drop one of them (with --writeback, blocks wait in the cache folder until they are uploaded)");
         }
         if c.cache_disk_size.is_some() {
-            bail!("--cache-disk-size is the size of the disk cache: give its folder with --cache-dir DIR too");
+            bail!("--cache-disk-size is the size of the disk cache, and --no-disk-cache turns it off: drop one of them");
         }
-        return Ok(None);
-    };
+        return Ok(CachePlan::Off("--no-disk-cache"));
+    }
     let capacity = c.cache_disk_size.unwrap_or(DEFAULT_CACHE_DISK_SIZE);
     if capacity < MIN_CACHE_DISK_SIZE {
         bail!("--cache-disk-size of {capacity} bytes is too small: give at least 64MiB, e.g. --cache-disk-size 10GiB");
     }
+    let Some(dir) = &c.cache_dir else {
+        let dirs = defaults();
+        if dirs.is_empty() {
+            return Ok(CachePlan::Off("the blocks are on local disk already"));
+        }
+        return Ok(CachePlan::Default {
+            dirs,
+            capacity,
+            writeback: c.writeback,
+        });
+    };
     let dir = std::path::absolute(dir)
         .with_context(|| format!("resolve --cache-dir {}", dir.display()))?;
     if dir.starts_with(mountpoint) {
@@ -264,11 +297,137 @@ fn cache_config(c: &CacheArgs, mountpoint: &Path) -> anyhow::Result<Option<Cache
             mountpoint.display()
         );
     }
-    Ok(Some(CacheConfig {
+    Ok(CachePlan::Given(CacheConfig {
         dir,
         capacity,
         writeback: c.writeback,
     }))
+}
+
+/// The disk cache of a mount that is starting (in the process that will serve it): the
+/// folder --cache-dir gives, or the first default folder that can be created and opened.
+fn open_cache(plan: CachePlan, mountpoint: &Path) -> anyhow::Result<Option<CacheConfig>> {
+    let (dirs, capacity, writeback) = match plan {
+        CachePlan::Off(why) => {
+            info!("no disk cache: {why}");
+            return Ok(None);
+        }
+        CachePlan::Given(cfg) => return Ok(Some(cfg)),
+        CachePlan::Default {
+            dirs,
+            capacity,
+            writeback,
+        } => (dirs, capacity, writeback),
+    };
+    let mut problems = Vec::new();
+    for dir in dirs {
+        match try_cache_dir(&dir, capacity, mountpoint) {
+            Ok(()) => {
+                return Ok(Some(CacheConfig {
+                    dir,
+                    capacity,
+                    writeback,
+                }))
+            }
+            Err(e) => problems.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    let problems = problems.join("; ");
+    if writeback {
+        bail!("--writeback needs a disk cache, and no default folder for one can be used ({problems}): give one with --cache-dir DIR");
+    }
+    tracing::warn!(
+        "mounting without a disk cache: no default folder for one can be used ({problems}); \
+         give one with --cache-dir DIR, or --no-disk-cache to mount without one and without this warning"
+    );
+    Ok(None)
+}
+
+/// Makes `dir` (mode 0700: it holds file contents) and opens it as a disk cache, to see that
+/// it works; notes the mount point in it, so that a folder left by a mount point no longer used
+/// can be told apart. The folder is released again for the block store to open.
+fn try_cache_dir(dir: &Path, capacity: u64, mountpoint: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.starts_with(mountpoint) {
+        return Err("it is inside the mount point".into());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create it: {e}"))?;
+    let cache = cairn_blocks::DiskCache::open(dir, capacity).map_err(|e| e.to_string())?;
+    let noted = std::fs::write(
+        dir.join(MOUNT_POINT_NOTE),
+        format!("{}\n", mountpoint.display()),
+    );
+    cache.release();
+    noted.map_err(|e| format!("cannot write in it: {e}"))
+}
+
+/// The file in a default cache folder that names the mount point it is for.
+const MOUNT_POINT_NOTE: &str = "mount-point";
+
+/// The default disk cache folders of a mount of `volume` at `mountpoint` (canonical), best
+/// first: `VOLUME-HASH` in $CAIRN_CACHE_ROOT if set, else in /var/cache/cairn and then in
+/// $XDG_CACHE_HOME/cairn (or ~/.cache/cairn). HASH (16 hex digits, FNV-1a of the path) makes
+/// one folder per mount point, so two mounts of a volume on one host never share one (a shared
+/// folder is refused: it is locked by its mount). `var` reads the environment.
+fn default_cache_dirs(
+    volume: &str,
+    mountpoint: &Path,
+    var: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<PathBuf> {
+    use std::os::unix::ffi::OsStrExt;
+    // Volume names are checked later, by the server; this one names a folder now.
+    let mut safe: String = volume
+        .chars()
+        .take(128)
+        .map(|c| match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '.' | '_' | '-' => c,
+            _ => '_',
+        })
+        .collect();
+    if safe.is_empty() || safe.starts_with('.') {
+        safe.insert(0, '_');
+    }
+    let hash = mountpoint
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let name = format!("{safe}-{hash:016x}");
+    let var = |k: &str| {
+        var(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(root) = var("CAIRN_CACHE_ROOT") {
+        return vec![root.join(name)];
+    }
+    let mut dirs = vec![Path::new("/var/cache/cairn").join(&name)];
+    let user = var("XDG_CACHE_HOME").or_else(|| var("HOME").map(|h| h.join(".cache")));
+    if let Some(user) = user {
+        dirs.push(user.join("cairn").join(&name));
+    }
+    dirs
+}
+
+/// The mount point as the default cache folder names it: canonical, without touching the mount
+/// point itself if it cannot be (a dead mount left by a killed daemon answers ENOTCONN).
+fn canonical_mountpoint(mountpoint: &Path) -> PathBuf {
+    if let Ok(p) = std::fs::canonicalize(mountpoint) {
+        return p;
+    }
+    match (mountpoint.parent(), mountpoint.file_name()) {
+        (Some(parent), Some(name)) => std::fs::canonicalize(parent)
+            .map(|p| p.join(name))
+            .unwrap_or_else(|_| mountpoint.to_path_buf()),
+        _ => mountpoint.to_path_buf(),
+    }
 }
 
 /// The disk cache flags again, for a re-run of this binary.
@@ -276,6 +435,9 @@ fn cache_args(c: &CacheArgs) -> Vec<String> {
     let mut args = Vec::new();
     if let Some(dir) = &c.cache_dir {
         args.extend(["--cache-dir".into(), dir.display().to_string()]);
+    }
+    if c.no_disk_cache {
+        args.push("--no-disk-cache".into());
     }
     if let Some(size) = c.cache_disk_size {
         args.extend(["--cache-disk-size".into(), size.to_string()]);
@@ -379,7 +541,11 @@ fn default_log(name: &str) -> PathBuf {
 
 fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
-    let cache = cache_config(&a.disk_cache, &mountpoint)?;
+    let cache = cache_plan(&a.disk_cache, &mountpoint, || {
+        default_cache_dirs(&a.volume, &canonical_mountpoint(&mountpoint), |k| {
+            std::env::var_os(k)
+        })
+    })?;
     if !a.foreground {
         cairn_fuse::check_mountpoint(&mountpoint, a.nonempty)?;
         let log = a
@@ -402,6 +568,7 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     }
     init_logging(a.log_file.as_deref());
     cairn_fuse::check_mountpoint(&mountpoint, a.nonempty)?;
+    let cache = open_cache(cache, &canonical_mountpoint(&mountpoint))?;
     let rt = runtime()?;
     let encryption_key = a
         .encryption_key_file
@@ -495,7 +662,15 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
     let dir = std::fs::canonicalize(&dir).with_context(|| format!("resolve {}", dir.display()))?;
     let state = dir.join(".cairn");
     let mnt = dir.join("mnt");
-    let cache = cache_config(&a.cache, &mnt)?;
+    // The blocks of DIR/.cairn/blocks are on local disk already: a disk cache only when they
+    // are not, or for --writeback.
+    let cache = cache_plan(&a.cache, &mnt, || {
+        if a.store.is_some() || a.cache.writeback {
+            vec![state.join("cache")]
+        } else {
+            Vec::new()
+        }
+    })?;
     std::fs::create_dir_all(&mnt).with_context(|| format!("create {}", mnt.display()))?;
     if state.join("up.pid").exists()
         && std::fs::read_dir(&mnt)
@@ -538,6 +713,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         init_logging(None);
     }
     cairn_fuse::check_mountpoint(&mnt, false)?;
+    let cache = open_cache(cache, &mnt)?;
     let blocks = state.join("blocks");
     std::fs::create_dir_all(&blocks).with_context(|| format!("create {}", blocks.display()))?;
     let store_url = a
@@ -630,4 +806,173 @@ fn up_stop(dir: &Path) -> anyhow::Result<()> {
     }
     println!("cairn stopped; {} is unmounted", mnt.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::OsString;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<OsString> + 'a {
+        move |k| {
+            vars.iter()
+                .find(|(name, _)| *name == k)
+                .map(|(_, v)| OsString::from(v))
+        }
+    }
+
+    fn args(no_disk_cache: bool, writeback: bool, size: Option<u64>) -> CacheArgs {
+        CacheArgs {
+            cache_dir: None,
+            no_disk_cache,
+            cache_disk_size: size,
+            writeback,
+        }
+    }
+
+    #[test]
+    fn default_folders_are_per_mount_point_and_follow_the_environment() {
+        let mp = Path::new("/mnt/data");
+        let dirs = default_cache_dirs("vol1", mp, env(&[("HOME", "/home/ann")]));
+        assert_eq!(dirs.len(), 2, "{dirs:?}");
+        let name = dirs[0].file_name().unwrap().to_str().unwrap().to_string();
+        let hash = name.strip_prefix("vol1-").expect("VOLUME-HASH");
+        assert!(
+            hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+            "{name}"
+        );
+        assert_eq!(dirs[0], Path::new("/var/cache/cairn").join(&name));
+        assert_eq!(dirs[1], Path::new("/home/ann/.cache/cairn").join(&name));
+        // Stable: the same mount point finds its folder again, another one gets its own.
+        assert_eq!(default_cache_dirs("vol1", mp, env(&[])), dirs[..1]);
+        assert_ne!(
+            default_cache_dirs("vol1", Path::new("/mnt/data2"), env(&[]))[0],
+            dirs[0]
+        );
+
+        let xdg = default_cache_dirs(
+            "vol1",
+            mp,
+            env(&[("HOME", "/home/ann"), ("XDG_CACHE_HOME", "/x/cache")]),
+        );
+        assert_eq!(xdg[1], Path::new("/x/cache/cairn").join(&name));
+        // A relative XDG_CACHE_HOME is ignored, as the XDG spec says.
+        let rel = default_cache_dirs(
+            "vol1",
+            mp,
+            env(&[("HOME", "/home/ann"), ("XDG_CACHE_HOME", "rel")]),
+        );
+        assert_eq!(rel, dirs);
+
+        let root = default_cache_dirs(
+            "vol1",
+            mp,
+            env(&[("HOME", "/home/ann"), ("CAIRN_CACHE_ROOT", "/t/caches")]),
+        );
+        assert_eq!(root, vec![Path::new("/t/caches").join(&name)]);
+
+        // A volume name never makes the folder leave its parent.
+        let odd = default_cache_dirs("../x/y", mp, env(&[]));
+        assert_eq!(odd[0].parent(), Some(Path::new("/var/cache/cairn")));
+        assert!(odd[0]
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("_.._x_y-"));
+    }
+
+    #[test]
+    fn flags_that_contradict_each_other_are_refused() {
+        let mp = Path::new("/mnt/m");
+        let some = || vec![PathBuf::from("/tmp/c")];
+        for (a, says) in [
+            (args(true, true, None), "--writeback needs a disk cache"),
+            (args(true, false, Some(1 << 30)), "--cache-disk-size"),
+            (args(false, false, Some(1 << 20)), "too small"),
+        ] {
+            let err = cache_plan(&a, mp, some).unwrap_err().to_string();
+            assert!(err.contains(says), "{err}");
+        }
+        assert!(matches!(
+            cache_plan(&args(true, false, None), mp, some).unwrap(),
+            CachePlan::Off(_)
+        ));
+        match cache_plan(&args(false, true, None), mp, some).unwrap() {
+            CachePlan::Default {
+                dirs,
+                capacity,
+                writeback,
+            } => {
+                assert_eq!(dirs, some());
+                assert_eq!(capacity, DEFAULT_CACHE_DISK_SIZE);
+                assert!(writeback);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unusable_default_folder_falls_back_and_none_is_no_cache() {
+        let tmp = tempdir();
+        let mp = tmp.join("mnt");
+        // A file where a folder should be: cannot be created.
+        let blocked = tmp.join("file");
+        std::fs::write(&blocked, b"x").unwrap();
+        let good = tmp.join("caches/vol-0123456789abcdef");
+        let plan = CachePlan::Default {
+            dirs: vec![blocked.join("c"), mp.join("inside"), good.clone()],
+            capacity: 1 << 30,
+            writeback: false,
+        };
+        let cfg = open_cache(plan, &mp)
+            .unwrap()
+            .expect("the third folder works");
+        assert_eq!(cfg.dir, good);
+        assert_eq!(
+            std::fs::read_to_string(good.join(MOUNT_POINT_NOTE)).unwrap(),
+            format!("{}\n", mp.display())
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&good).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "the folder holds file contents");
+        // Released: the block store can open it.
+        cairn_blocks::DiskCache::open(&good, 1 << 30)
+            .unwrap()
+            .release();
+
+        let none = || CachePlan::Default {
+            dirs: vec![blocked.join("c")],
+            capacity: 1 << 30,
+            writeback: false,
+        };
+        assert!(open_cache(none(), &mp).unwrap().is_none());
+        let err = open_cache(
+            CachePlan::Default {
+                dirs: vec![blocked.join("c")],
+                capacity: 1 << 30,
+                writeback: true,
+            },
+            &mp,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("--writeback needs a disk cache") && err.contains("--cache-dir"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    /// A fresh folder under the system's temp folder (the cli crate has no tempfile).
+    fn tempdir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "cairn-cli-test-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }

@@ -16,7 +16,8 @@ fn mount_start(mp: &Path, meta: &str, store: &StoreArgs, log: &Path) -> CmdOutpu
         .args(["--meta", meta])
         .args(&store.args)
         .arg("--log-file")
-        .arg(log);
+        .arg(log)
+        .env(CACHE_ROOT_VAR, disk_cache_root(mp));
     cmd.envs(store.env.iter().map(|(k, v)| (k, v)));
     let out = run_with_timeout(&mut cmd, FAST + std::time::Duration::from_secs(20));
     // Whatever happened, leave nothing behind for the next test.

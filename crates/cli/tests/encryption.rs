@@ -30,7 +30,8 @@ fn try_mount(c: &Cluster, mp: &Path, key: Option<&Path>) -> CmdOutput {
         cmd.arg("--encryption-key-file").arg(k);
     }
     cmd.arg("--log-file").arg(c.dir().join("refused-mount.log"));
-    cmd.env("RUST_BACKTRACE", "0");
+    cmd.env("RUST_BACKTRACE", "0")
+        .env(CACHE_ROOT_VAR, disk_cache_root(mp));
     run_with_timeout(&mut cmd, Duration::from_secs(60))
 }
 

@@ -164,24 +164,28 @@ fn random_writes_match_local_copy() {
 /// Random reads of a cold mount (each fetches only the frames that hold it, not the whole
 /// block): 400 preads at random offsets, of random lengths (4 KiB, up to 128 KiB, up to 1.5 MiB),
 /// of a 5-block file with compressible and random parts and a hole, match a local copy; so does
-/// a whole read afterwards, which mixes cached frames with whole blocks. Once with a memory cache
-/// smaller than the file (frames), once with the default one (the file fits: whole blocks).
+/// a whole read afterwards, which mixes cached frames with whole blocks. With a memory cache
+/// smaller than the file (frames): without a disk cache (every frame from the bucket), and with
+/// an empty one (frames from the bucket while whole blocks fill the disk cache in the
+/// background, then frames from the cached copies); with the default memory cache (the file
+/// fits: whole blocks) and the disk cache the writes filled.
 #[test]
 fn random_reads_of_a_cold_mount_match_local_copy() {
     if !require_fuse() {
         return;
     }
     let mut rng = Rng::from_env_or_time("random_reads_of_a_cold_mount_match_local_copy");
-    for cache in [Some("8MiB"), None] {
-        let mut builder = Cluster::s3(bin());
-        if let Some(size) = cache {
-            builder = builder.mount_args(&["--cache-size", size]);
-        }
-        random_reads_match(&mut builder.start(), &mut rng);
+    for (args, empty_disk_cache) in [
+        (&["--cache-size", "8MiB", "--no-disk-cache"][..], false),
+        (&["--cache-size", "8MiB"][..], true),
+        (&[][..], false),
+    ] {
+        let mut c = Cluster::s3(bin()).mount_args(args).start();
+        random_reads_match(&mut c, &mut rng, empty_disk_cache);
     }
 }
 
-fn random_reads_match(c: &mut Cluster, rng: &mut Rng) {
+fn random_reads_match(c: &mut Cluster, rng: &mut Rng, empty_disk_cache: bool) {
     let path = c.join("frames");
     let size = 5 * BLOCK + 12_345;
     let mut model = random_bytes(rng.next_u64(), size as usize);
@@ -204,6 +208,15 @@ fn random_reads_match(c: &mut Cluster, rng: &mut Rng) {
         f.write_all_at(&model[(3 * BLOCK) as usize..], 3 * BLOCK)
             .expect("write blocks 3 to 5");
         f.sync_all().expect("fsync");
+    }
+    if empty_disk_cache {
+        // The writes left copies of every block in the disk cache: start without them.
+        let cache = c
+            .mount()
+            .disk_cache_dir()
+            .expect("a default disk cache folder");
+        c.mount_mut().stop();
+        std::fs::remove_dir_all(&cache).expect("empty the disk cache");
     }
     c.remount();
     let f = File::open(&path).expect("open");

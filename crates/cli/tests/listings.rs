@@ -48,7 +48,7 @@ fn this_mounts_changes_show_in_its_own_answers() {
 
     // Exchange: both names stay.
     File::create(d.join("e")).expect("create e");
-    renameat2(&d.join("b"), &d.join("e"), libc::RENAME_EXCHANGE as u32).expect("exchange b e");
+    renameat2(&d.join("b"), &d.join("e"), libc::RENAME_EXCHANGE).expect("exchange b e");
     assert!(
         exists(&d.join("b")) && exists(&d.join("e")),
         "both names after exchange"

@@ -38,9 +38,11 @@ fn rss_stays_bounded_writing_and_reading_4gib_with_8_threads() {
     if !require_fuse() {
         return;
     }
-    // 8 GiB through FUSE in a debug build: give it more than the default watchdog.
+    // 8 GiB through FUSE in a debug build: give it more than the default watchdog. The disk
+    // caches are on, as by default, but smaller, so that they do not take 8 GiB of disk.
     let c = Cluster::s3(bin())
         .timeout(std::time::Duration::from_secs(900))
+        .mount_args(&["--cache-disk-size", "1GiB"])
         .start();
     let pid = c.mount().pid().expect("mount daemon pid");
     let path = c.join("big");

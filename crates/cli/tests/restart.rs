@@ -212,7 +212,9 @@ fn mount_start_over_a_dead_mount() {
         .args(["--meta", &c.meta().addr()])
         .args(&c.store_args().args)
         .arg("--log-file")
-        .arg(&log);
+        .arg(&log)
+        // The folder the mount had before it was killed: its cache is used again.
+        .env(CACHE_ROOT_VAR, disk_cache_root(&mp));
     cmd.envs(c.store_args().env.iter().map(|(k, v)| (k, v)));
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60));
     let cleanup = || force_cleanup(&mp);

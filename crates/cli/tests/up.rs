@@ -166,7 +166,8 @@ fn mount_start_in_background_and_stop() {
         .args(["--meta", &meta.addr()])
         .args(&store.args)
         .arg("--log-file")
-        .arg(&log);
+        .arg(&log)
+        .env(CACHE_ROOT_VAR, disk_cache_root(&mp));
     cmd.envs(store.env.iter().map(|(k, v)| (k, v)));
     let out = run_with_timeout(&mut cmd, START_LIMIT);
     assert!(
@@ -187,6 +188,15 @@ fn mount_start_in_background_and_stop() {
 
     let h = write_random_file(&mp.join("f"), 9, 6 << 20, false).expect("write");
     assert_file(&mp.join("f"), 6 << 20, &h, "through the background mount");
+    // The daemon in the background found its default disk cache folder too.
+    let canonical = mp.canonicalize().expect("canonical mount point");
+    assert!(
+        disk_cache_dir_in(&disk_cache_root(&mp), &canonical).is_some(),
+        "no default disk cache folder for {} in {}\n--- log ---\n{}",
+        canonical.display(),
+        disk_cache_root(&mp).display(),
+        tail(&log, 40)
+    );
     // Data written without fsync is flushed by a clean stop.
     let h2 = write_random_file(&mp.join("unsynced"), 10, 3 << 20, false).expect("write");
 

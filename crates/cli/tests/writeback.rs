@@ -1,6 +1,8 @@
 //! The disk cache (`--cache-dir`) and writeback (`--writeback`) end to end: writes acknowledged
 //! while the object store is down survive a kill -9 of the mount and reach the bucket when the
-//! mount starts again; the disk cache serves reads while the store is down.
+//! mount starts again; the disk cache serves reads while the store is down; a mount without
+//! `--cache-dir` has a default folder of its own (`--no-disk-cache`: none); random reads fill
+//! the disk cache with whole blocks in the background, and later reads of them need no bucket.
 
 mod common;
 
@@ -152,7 +154,7 @@ fn writeback_survives_store_outage_and_mount_kill9() {
         &plain_mp,
         &c.meta().addr(),
         c.store_args(),
-        &[],
+        &["--no-disk-cache"],
     );
     check_files(plain.path(), &hashes, "through a mount without the cache");
     drop(plain);
@@ -200,9 +202,20 @@ fn cache_flags_are_checked() {
     let mp = dir.subdir("mnt");
     let inside = mp.join("cache").display().to_string();
     let cache = dir.path().join("cache").display().to_string();
-    let cases: [(&[&str], &[&str]); 5] = [
-        (&["--writeback"], &["--writeback needs --cache-dir"]),
-        (&["--cache-disk-size", "1GiB"], &["--cache-dir"]),
+    let cases: [(&[&str], &[&str]); 7] = [
+        (
+            &["--writeback", "--no-disk-cache"],
+            &["--writeback needs a disk cache", "--no-disk-cache"],
+        ),
+        (
+            &["--cache-disk-size", "1GiB", "--no-disk-cache"],
+            &["--cache-disk-size", "--no-disk-cache"],
+        ),
+        (
+            &["--cache-dir", &cache, "--no-disk-cache"],
+            &["--cache-dir", "--no-disk-cache"],
+        ),
+        (&["--cache-disk-size", "1MiB"], &["too small", "64MiB"]),
         (
             &["--cache-dir", &cache, "--cache-disk-size", "1MiB"],
             &["too small", "64MiB"],
@@ -218,13 +231,230 @@ fn cache_flags_are_checked() {
             cairn(&["mount", "start", "vol"])
                 .arg(&mp)
                 .args(["--meta", "127.0.0.1:1", "--store", "file:///nonexistent"])
-                .args(args),
+                .args(args)
+                .env(CACHE_ROOT_VAR, disk_cache_root(&mp)),
             FAST,
         );
         assert_clean_failure(&out, mentions);
     }
+    for made in [dir.path().join("cache"), disk_cache_root(&mp)] {
+        assert!(
+            !made.exists(),
+            "nothing created for a refused mount: {}",
+            made.display()
+        );
+    }
+}
+
+/// Block files in the `clean/` folder of a disk cache: copies of blocks that are in the bucket.
+fn cached_blocks(cache: &Path) -> usize {
+    let Ok(shards) = fs::read_dir(cache.join("clean")) else {
+        return 0;
+    };
+    shards
+        .filter_map(|s| fs::read_dir(s.ok()?.path()).ok())
+        .map(|files| files.count())
+        .sum()
+}
+
+/// A mount without `--cache-dir` keeps a disk cache in a default folder of its own, named after
+/// the volume and its mount point and noting the mount point; a second mount gets another;
+/// `--no-disk-cache` makes none; and a default folder that cannot be made does not stop a mount
+/// (it mounts without a disk cache and says so). The testkit points `CAIRN_CACHE_ROOT` (which
+/// replaces /var/cache/cairn) at the test's folder.
+#[test]
+fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
+    let Some(c) = local_cluster() else { return };
+    let root = disk_cache_root(c.path());
+    let dir = c
+        .mount()
+        .disk_cache_dir()
+        .unwrap_or_else(|| panic!("no default disk cache folder in {}", root.display()));
+    assert_eq!(dir.parent(), Some(root.as_path()));
+    let name = dir.file_name().unwrap().to_string_lossy().to_string();
+    let hash = name
+        .strip_prefix("testvol-")
+        .unwrap_or_else(|| panic!("{name}"));
     assert!(
-        !dir.path().join("cache").exists(),
-        "nothing created for a refused mount"
+        hash.len() == 16 && hash.chars().all(|c| c.is_ascii_hexdigit()),
+        "VOLUME-HASH: {name}"
     );
+    assert!(dir.join("CAIRN-CACHE").is_file(), "a cairn cache folder");
+    let pid = c.mount().pid().expect("mount pid").to_string();
+    assert_eq!(
+        fs::read_to_string(dir.join("lock"))
+            .expect("lock file")
+            .trim(),
+        pid,
+        "the mount holds the folder's lock"
+    );
+    let log = fs::read_to_string(c.mount().log()).expect("mount log");
+    assert!(
+        log.lines()
+            .any(|l| l.contains("disk cache") && l.contains(&dir.display().to_string())),
+        "the mount log names its cache folder:
+{log}"
+    );
+    let h = write_random_file(&c.join("f"), 5, 5 * MIB, true).expect("write");
+    assert!(
+        cached_blocks(&dir) >= 2,
+        "written blocks are kept in the default folder: {}",
+        cached_blocks(&dir)
+    );
+
+    let second = c.new_mount();
+    let dir2 = second.disk_cache_dir().expect("the second mount's folder");
+    assert_ne!(dir2, dir, "two mounts never share a folder");
+    assert_eq!(dir2.parent(), Some(root.as_path()));
+    assert_file(&second.join("f"), 5 * MIB, &h, "through a second mount");
+    drop(second);
+
+    let mp = c.dir().join("no-cache");
+    fs::create_dir(&mp).expect("mkdir");
+    let plain = Mount::start_with(
+        c.bin(),
+        c.volume(),
+        &mp,
+        &c.meta().addr(),
+        c.store_args(),
+        &["--no-disk-cache"],
+    );
+    assert_file(
+        &plain.join("f"),
+        5 * MIB,
+        &h,
+        "through a mount without a disk cache",
+    );
+    assert!(
+        plain.disk_cache_dir().is_none(),
+        "--no-disk-cache made a folder"
+    );
+    assert_eq!(
+        fs::read_dir(&root).expect("list").count(),
+        2,
+        "still two folders"
+    );
+    let log = fs::read_to_string(plain.log()).expect("mount log");
+    assert!(
+        log.contains("no disk cache: --no-disk-cache"),
+        "the log says there is no disk cache:
+{log}"
+    );
+    drop(plain);
+
+    // A file where the root folder should be: no default folder can be made.
+    let blocked = c.dir().join("not-a-folder");
+    fs::write(&blocked, b"x").expect("write");
+    let mut store = c.store_args().clone();
+    store
+        .env
+        .push((CACHE_ROOT_VAR.into(), blocked.display().to_string()));
+    let mp = c.dir().join("blocked");
+    fs::create_dir(&mp).expect("mkdir");
+    let blocked_mount = Mount::start_with(c.bin(), c.volume(), &mp, &c.meta().addr(), &store, &[]);
+    assert_file(
+        &blocked_mount.join("f"),
+        5 * MIB,
+        &h,
+        "through a mount whose default folder failed",
+    );
+    let log = fs::read_to_string(blocked_mount.log()).expect("mount log");
+    let warning: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("mounting without a disk cache"))
+        .collect();
+    assert!(
+        warning.len() == 1 && warning[0].contains("WARN") && warning[0].contains("--cache-dir"),
+        "one warning line says why and what to do:
+{log}"
+    );
+    drop(blocked_mount);
+}
+
+/// Random reads of a file larger than the memory cache fetch only the frames they need, and
+/// also start background reads of their whole blocks into the disk cache: once those are done
+/// the disk cache holds every block read, and after a restart (memory cache gone) with
+/// SeaweedFS stopped, reads at other places in those blocks still return the data.
+#[test]
+fn random_reads_fill_the_disk_cache_and_then_need_no_bucket() {
+    if !require_fuse() {
+        return;
+    }
+    const BLOCKS: u64 = 6;
+    let mut c = Cluster::s3(bin()).start();
+    let model = random_bytes(11, (BLOCKS * 4 * MIB) as usize);
+    {
+        let f = fs::File::create(c.join("big")).expect("create");
+        use std::io::Write;
+        (&f).write_all(&model).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    // Another mount, whose disk cache is empty, with a memory cache smaller than the file.
+    let mp = c.dir().join("reader");
+    fs::create_dir(&mp).expect("mkdir");
+    let mut reader = Mount::start_with(
+        c.bin(),
+        c.volume(),
+        &mp,
+        &c.meta().addr(),
+        c.store_args(),
+        &["--cache-size", "4MiB"],
+    );
+    let cache = reader
+        .disk_cache_dir()
+        .expect("the reader's disk cache folder");
+    assert_eq!(
+        cached_blocks(&cache),
+        0,
+        "a fresh mount's disk cache is empty"
+    );
+
+    let read_at = |root: &Path, offsets: Vec<u64>, when: &str| {
+        let (path, model, when) = (root.join("big"), model.clone(), when.to_string());
+        within(Duration::from_secs(30), &when.clone(), move || {
+            use std::os::unix::fs::FileExt;
+            let f = fs::File::open(&path).expect("open");
+            let mut buf = vec![0u8; 4096];
+            for off in offsets {
+                f.read_exact_at(&mut buf, off)
+                    .unwrap_or_else(|e| panic!("{when}: read at {off}: {e}"));
+                assert!(
+                    buf == model[off as usize..off as usize + 4096],
+                    "{when}: the bytes at {off} differ"
+                );
+            }
+        })
+    };
+    // One 4 KiB read per block, never where the last one ended (random reads), last block first.
+    let first: Vec<u64> = (0..BLOCKS)
+        .rev()
+        .map(|i| i * 4 * MIB + MIB + i * 8192 + 123)
+        .collect();
+    read_at(reader.path(), first, "random reads of a cold mount");
+    let filled = wait_until(Duration::from_secs(60), || {
+        cached_blocks(&cache) == BLOCKS as usize
+    });
+    assert!(
+        filled,
+        "after random reads, the disk cache holds {} of the {BLOCKS} blocks read",
+        cached_blocks(&cache)
+    );
+
+    reader.restart();
+    c.seaweed_mut().kill();
+    let again: Vec<u64> = (0..BLOCKS)
+        .map(|i| i * 4 * MIB + 3 * MIB + 77 - i * 4096)
+        .collect();
+    read_at(
+        reader.path(),
+        again,
+        "random reads from the disk cache, SeaweedFS stopped",
+    );
+    let log = fs::read_to_string(reader.log()).expect("mount log");
+    assert!(
+        !log.contains("block read failed"),
+        "no read went to the bucket:
+{log}"
+    );
+    drop(reader);
 }

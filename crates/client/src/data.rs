@@ -25,6 +25,14 @@
 //! a 512 MiB cache, read at random 4 KiB at a time for 10 s from cold, gave about 2200 to 2800
 //! reads/s with whole blocks and 150 to 250 with frames). For a file larger than the cache whole
 //! blocks only churn it.
+//!
+//! With a disk cache, a random read that misses memory also starts a background read of the
+//! whole block ([`BlockStore::get`], which keeps the block in the disk cache), unless the disk
+//! cache has it already: the read itself still fetches only its frames and does not wait, and
+//! the block's later reads come from local disk (the store reads only the frames they need from
+//! the cached copy). This is what JuiceFS does with its disk cache: a bucket answers a ranged GET
+//! about as slowly as a whole one (SeaweedFS reads the whole chunk), so frames alone, fetched
+//! again at every read, keep random reads of a large file at the bucket's latency.
 
 use crate::listings::{Known, Listings};
 use crate::rpc::{MetaClient, RpcConfig};
@@ -152,6 +160,11 @@ const WHOLE: u32 = u32::MAX;
 /// with, so that one cached frame is one decoded frame of the object.
 const FRAME: u64 = cairn_blocks::codec::FRAME_LEN as u64;
 
+/// Most whole-block reads into the disk cache in flight at once, mount-wide, for random reads
+/// (see [`Client::fill_disk_cache`]). Few: they are bulk work beside the reads that wait, and
+/// a block not read now is read at its next random read.
+const DISK_FILLS: usize = 4;
+
 type BlockCache = quick_cache::sync::Cache<CacheKey, Bytes, BytesWeighter>;
 
 #[derive(Clone)]
@@ -176,6 +189,10 @@ pub struct Client {
     buffer_blocks: usize,
     flusher_wake: Arc<Notify>,
     fetches: Semaphore,
+    /// Background reads of whole blocks into the disk cache for random reads (see
+    /// [`Client::fill_disk_cache`]): at most [`DISK_FILLS`] at once, and the blocks they read.
+    fills: Arc<Semaphore>,
+    filling: StdMutex<std::collections::HashSet<(Ino, u64, u64)>>,
     max_ra: u64,
     /// Bytes of the memory cache ([`ClientConfig::cache_bytes`]).
     cache_bytes: u64,
@@ -324,6 +341,8 @@ impl Client {
             buffer_blocks,
             flusher_wake: Arc::default(),
             fetches: Semaphore::new(cfg.max_fetches.max(1)),
+            fills: Arc::new(Semaphore::new(DISK_FILLS)),
+            filling: StdMutex::default(),
             max_ra: cfg.max_readahead_blocks,
             cache_bytes: cfg.cache_bytes,
             no_caps: StdMutex::default(),
@@ -384,7 +403,7 @@ impl Client {
         }
         match answer? {
             Reply::Entry { attr, dir } => {
-                self.dirs.note(&[dir.attr.clone()]);
+                self.dirs.note(std::slice::from_ref(&dir.attr));
                 self.listings.changed(&dir, sent, |names| {
                     names.insert(name.to_vec());
                 });
@@ -1389,7 +1408,7 @@ impl Client {
     /// block if it is in memory, else from the cached frames that hold them, fetching the ones
     /// missing (one ranged read of the span between the first and the last missing frame).
     async fn fetch_range(
-        &self,
+        self: &Arc<Self>,
         ino: Ino,
         r: BlockRef,
         start: u64,
@@ -1408,6 +1427,7 @@ impl Client {
         let missing_from = frames.iter().position(Option::is_none);
         let missing_to = frames.iter().rposition(Option::is_none);
         if let (Some(lo), Some(hi)) = (missing_from, missing_to) {
+            self.fill_disk_cache(ino, r);
             let (lo, hi) = (first + lo as u64, first + hi as u64);
             let block_len = u64::from(r.len);
             let span = lo * FRAME..((hi + 1) * FRAME).min(block_len);
@@ -1453,6 +1473,51 @@ impl Client {
             }
         }
         Ok(Bytes::from(out))
+    }
+
+    /// A random read missed the memory cache in block `r`: with a disk cache that has no copy
+    /// of the block, reads the whole block in the background (into the disk cache, and into
+    /// the memory cache as read-ahead does), so that the block's next reads are local. The
+    /// read that calls this does not wait for it. At most one read per block, and at most
+    /// [`DISK_FILLS`] at once: when all are busy the block is skipped, and its next random read
+    /// that misses memory tries again.
+    fn fill_disk_cache(self: &Arc<Self>, ino: Ino, r: BlockRef) {
+        let key = self.key(ino, r.index, r.version);
+        if self.store.cache().is_none() || self.store.is_cached(&key) {
+            return;
+        }
+        let block = (ino, r.index, r.version);
+        let mut filling = self.filling.lock().expect("filling lock");
+        if filling.contains(&block) {
+            return;
+        }
+        let Ok(permit) = Arc::clone(&self.fills).try_acquire_owned() else {
+            return;
+        };
+        filling.insert(block);
+        drop(filling);
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let whole = (ino, r.index, r.version, WHOLE);
+            if let Err(guard) = me.cache.get_value_or_guard_async(&whole).await {
+                match me.store.get(&key).await {
+                    Ok(data) => {
+                        let _ = guard.insert(data);
+                        for i in 0..u64::from(r.len).div_ceil(FRAME) {
+                            me.cache.remove(&(ino, r.index, r.version, i as u32));
+                        }
+                    }
+                    // The reads that need the block report errors; this one only warms caches.
+                    Err(e) => debug!(
+                        ino,
+                        index = r.index,
+                        "background read of a block for the disk cache failed: {e}"
+                    ),
+                }
+            }
+            me.filling.lock().expect("filling lock").remove(&block);
+            drop(permit);
+        });
     }
 
     /// Bytes of block `index` as the file has them, from `inner`'s buffers, or a ref to fetch.

@@ -19,6 +19,8 @@
 //! - All folders live under [`test_root`] (`$CAIRN_TEST_ROOT`, default `/tmp/cairn-tests`), so a
 //!   CI script can find and clean whatever a killed test run left.
 //! - It never removes a folder that still has a mount under it.
+//! - Mounts keep their default disk cache folders in the test's folder ([`disk_cache_root`]:
+//!   `CAIRN_CACHE_ROOT` is set for them), never in /var/cache.
 //!
 //! It needs root and `/dev/fuse` for mounts; [`require_fuse`] checks both with a clear message.
 //!
@@ -47,7 +49,10 @@ mod watchdog;
 pub use cluster::{Cluster, ClusterBuilder, StoreKind};
 pub use logs::{assert_no_panics_in, find_panics, print_log_tails, tail};
 pub use meta::MetaServer;
-pub use mount::{is_mounted, lazy_unmount, mounts_under, Mount, StoreArgs};
+pub use mount::{
+    disk_cache_dir_in, disk_cache_root, is_mounted, lazy_unmount, mounts_under, Mount, StoreArgs,
+    CACHE_ROOT_VAR,
+};
 pub use ports::{free_port, free_port_with_offset};
 pub use proc::{processes_mentioning, run_with_timeout, CmdOutput, Proc};
 pub use s3::{S3Client, S3Error, S3Object};

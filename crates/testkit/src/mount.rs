@@ -1,4 +1,7 @@
 //! `cairn mount start --foreground` as a child process, and mount-table helpers.
+//!
+//! Every mount started here keeps its default disk cache in the test's folder
+//! ([`disk_cache_root`]), never in /var/cache.
 
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -53,6 +56,30 @@ impl StoreArgs {
             env: vec![],
         }
     }
+}
+
+/// The variable that replaces /var/cache/cairn as the root of default disk cache folders.
+pub const CACHE_ROOT_VAR: &str = "CAIRN_CACHE_ROOT";
+
+/// Where the default disk cache folder of a mount at `mountpoint` goes when the testkit starts
+/// it: `disk-caches/` beside the mount point, so in the test's folder and never in /var/cache
+/// ([`Mount`] sets `CAIRN_CACHE_ROOT` to it, unless the store's environment says otherwise).
+/// Tests that run `cairn mount start` themselves set it too.
+pub fn disk_cache_root(mountpoint: &Path) -> PathBuf {
+    mountpoint
+        .parent()
+        .unwrap_or(mountpoint)
+        .join("disk-caches")
+}
+
+/// The default disk cache folder of the mount at `mountpoint` under `root`: the one whose
+/// `mount-point` note names it. None before the mount made it (or without a disk cache).
+pub fn disk_cache_dir_in(root: &Path, mountpoint: &Path) -> Option<PathBuf> {
+    let want = format!("{}\n", mountpoint.display());
+    std::fs::read_dir(root)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|dir| std::fs::read_to_string(dir.join("mount-point")).is_ok_and(|s| s == want))
 }
 
 /// Mount points in `/proc/self/mountinfo` (octal escapes decoded).
@@ -198,6 +225,11 @@ impl Mount {
         self.mountpoint.join(rel)
     }
 
+    /// The folder of this mount's default disk cache (in [`disk_cache_root`]), once made.
+    pub fn disk_cache_dir(&self) -> Option<PathBuf> {
+        disk_cache_dir_in(&disk_cache_root(&self.mountpoint), &self.mountpoint)
+    }
+
     /// The daemon's stdout and stderr (all runs of this mount point).
     pub fn log(&self) -> &Path {
         &self.log
@@ -316,6 +348,7 @@ impl Mount {
             .args(&self.store.args)
             .arg("--foreground")
             .args(&self.extra)
+            .env(CACHE_ROOT_VAR, disk_cache_root(&self.mountpoint))
             .envs(self.store.env.iter().map(|(k, v)| (k, v)));
         if let Ok(v) = std::env::var("CAIRN_LOG") {
             cmd.env("CAIRN_LOG", v);

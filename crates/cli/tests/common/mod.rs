@@ -15,10 +15,13 @@ pub fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
 }
 
-/// `cairn ARGS`, ready to run.
+/// `cairn ARGS`, ready to run. A mount it starts keeps its default disk cache under the test
+/// root, not in /var/cache; tests that mount set [`CACHE_ROOT_VAR`] to their own folder
+/// ([`disk_cache_root`]) so that it goes with them.
 pub fn cairn(args: &[&str]) -> Command {
     let mut c = Command::new(bin());
-    c.args(args);
+    c.args(args)
+        .env(CACHE_ROOT_VAR, test_root().join("disk-caches"));
     c
 }
 
