@@ -180,7 +180,9 @@ wait_port "$META_PORT" "$META_PID" 30 || fail_setup "cairn meta serve did not li
 log "metadata server up on 127.0.0.1:$META_PORT"
 
 # --- mount ---------------------------------------------------------------------------------------
+# Defaults, so its disk cache is the default one, in the work folder (CAIRN_CACHE_ROOT).
 env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET \
+    CAIRN_CACHE_ROOT="$WORK/cache-root" \
     "$CAIRN_BIN" mount start "$VOLUME" "$MNT" --meta "127.0.0.1:$META_PORT" --store "s3://$BUCKET" \
     --s3-endpoint "http://127.0.0.1:$S3_PORT" --s3-region us-east-1 --foreground \
     >"$WORK/mount.log" 2>&1 </dev/null &
