@@ -447,6 +447,7 @@ async fn end_session(shared: &Shared, session: u64) -> Result<(), RpcError> {
 
 /// Run batches of mutations: one transaction and one commit for everything waiting.
 fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
+    let mut pruned = Pruned::default();
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         while batch.len() < 512 {
@@ -458,7 +459,7 @@ fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
         let run = |t: &mut dyn WriteTxn| {
             let mut out = Vec::with_capacity(batch.len());
             for job in &batch {
-                out.push(run_once(fs, t, job)?);
+                out.push(run_once(fs, t, job, &mut pruned)?);
             }
             Ok::<_, StoreError>(out)
         };
@@ -479,6 +480,8 @@ fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
+                // Its deletions of answers did not happen: scan from 0 again.
+                pruned = Pruned::default();
                 warn!("commit of {} metadata changes failed: {e}", batch.len());
                 for job in batch {
                     job.reply.send(&Err(RpcError::new(
@@ -491,9 +494,35 @@ fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
     }
 }
 
+/// Per session, the sequence number up to which stored answers are known deleted. The deletion
+/// of acknowledged answers then looks only at the numbers acknowledged since: a scan from 0
+/// would walk every answer deleted since the last checkpoint (they are tombstones in the
+/// memtable), thousands at a few thousand changes a second. Kept by the committer alone; after
+/// a restart it starts at 0, and the first scan of each session walks what is left.
+#[derive(Default)]
+struct Pruned(HashMap<u64, u64>);
+
+impl Pruned {
+    fn get(&self, session: u64) -> u64 {
+        self.0.get(&session).copied().unwrap_or(0)
+    }
+
+    fn set(&mut self, session: u64, upto: u64) {
+        if self.0.len() >= 65_536 {
+            self.0.clear();
+        }
+        self.0.insert(session, upto);
+    }
+}
+
 /// Apply one mutation exactly once: return the stored answer of an earlier attempt, or run it in
 /// an overlay and keep its changes and answer only if it succeeds.
-fn run_once(fs: &Fs<RedbStore>, t: &mut dyn WriteTxn, job: &Job) -> Result<Response, StoreError> {
+fn run_once(
+    fs: &Fs<RedbStore>,
+    t: &mut dyn WriteTxn,
+    job: &Job,
+    pruned: &mut Pruned,
+) -> Result<Response, StoreError> {
     let key = kk(job.session, job.seq);
     if job.seq != 0 {
         if let Some(v) = t.get(Table::Outcomes, &key)? {
@@ -508,16 +537,18 @@ fn run_once(fs: &Fs<RedbStore>, t: &mut dyn WriteTxn, job: &Job) -> Result<Respo
                 format!("session {} has ended", job.session),
             )));
         }
-        if job.acked > 0 {
+        let from = pruned.get(job.session);
+        if job.acked > from {
             let old = t.range(
                 Table::Outcomes,
-                &kk(job.session, 0),
+                &kk(job.session, from),
                 &kk(job.session, job.acked + 1),
-                8,
+                usize::MAX,
             )?;
             for (k, _) in old {
                 t.delete(Table::Outcomes, &k)?;
             }
+            pruned.set(job.session, job.acked);
         }
     }
     let mut overlay = Overlay::new(t);
