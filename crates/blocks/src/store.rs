@@ -445,6 +445,18 @@ fn open_s3(cfg: &StoreConfig, url: &str) -> Result<(Arc<dyn ObjectStore>, Locati
     ))
 }
 
+/// Raw bytes `range` of an object, out of `raw`: the decoded `frames` of its `index`.
+fn range_of_frames(
+    index: &FrameIndex,
+    frames: Range<usize>,
+    raw: &Bytes,
+    range: Range<u64>,
+) -> Bytes {
+    let base = index.raw_start(frames.start);
+    let end = range.end.min(index.raw_len()) - base;
+    raw.slice((range.start - base) as usize..end as usize)
+}
+
 /// A copy in the disk cache failed verification, so the caller reads the object store
 /// instead: logged, and dropped unless it is staged (then it is the block's only copy until
 /// uploaded, and the uploader's own check decides).
@@ -784,41 +796,24 @@ impl BlockStore {
         block_len: u64,
     ) -> Option<Bytes> {
         let core = &self.inner.core;
-        let layout = match self.inner.layouts.get(path.as_ref()) {
-            Some(layout) => layout,
-            None => {
-                let want = index_len_for(block_len);
-                let mut prefix = cache.get_range(path.as_ref(), 0..want).await?;
-                let mut parsed = FrameIndex::parse(&prefix.bytes);
-                if let Ok(IndexRead::NeedIndex(len)) = parsed {
-                    if prefix.bytes.len() as u64 == want {
-                        prefix = cache.get_range(path.as_ref(), 0..len).await?;
-                        parsed = FrameIndex::parse(&prefix.bytes);
-                    }
-                }
-                let layout = match parsed {
-                    Ok(IndexRead::Whole) => Layout::Whole,
-                    Ok(IndexRead::Index(index)) => Layout::Frames(Arc::new(index)),
-                    Ok(IndexRead::NeedIndex(len)) => {
-                        let reason = CodecError::LengthMismatch {
-                            expected: len,
-                            actual: prefix.bytes.len() as u64,
-                        };
-                        cached_copy_failed(cache, path, prefix.staged, reason).await;
-                        return None;
-                    }
-                    Err(reason) => {
-                        cached_copy_failed(cache, path, prefix.staged, reason).await;
-                        return None;
-                    }
-                };
-                // The copy is the object: its checked table is the object's.
-                let layout = Arc::new(layout);
-                self.inner
-                    .layouts
-                    .insert(path.to_string(), Arc::clone(&layout));
-                layout
+        // Whether the copy read last is staged, for `cached_copy_failed`.
+        let staged = AtomicBool::new(false);
+        let prefix = |len: u64| {
+            let staged = &staged;
+            async move {
+                let part = cache.get_range(path.as_ref(), 0..len).await.ok_or(())?;
+                staged.store(part.staged, Ordering::Relaxed);
+                Ok::<_, ()>(part.bytes)
             }
+        };
+        // The copy is the object: its checked table is the object's.
+        let layout = match self.load_layout(path, block_len, prefix).await {
+            Ok(Ok(layout)) => layout,
+            Ok(Err(reason)) => {
+                cached_copy_failed(cache, path, staged.load(Ordering::Relaxed), reason).await;
+                return None;
+            }
+            Err(()) => return None,
         };
         let Layout::Frames(index) = &*layout else {
             // Version 1: no frames, decode the whole copy.
@@ -847,11 +842,7 @@ impl BlockStore {
                 .await
         };
         match decoded {
-            Ok(raw) => {
-                let base = index.raw_start(frames.start);
-                let end = range.end.min(index.raw_len()) - base;
-                Some(raw.slice((range.start - base) as usize..end as usize))
-            }
+            Ok(raw) => Some(range_of_frames(index, frames, &raw, range)),
             Err(reason) => {
                 cached_copy_failed(cache, path, part.staged, reason).await;
                 None
@@ -859,30 +850,45 @@ impl BlockStore {
         }
     }
 
-    /// The layout of the object at `path`: cached, or read from its first bytes.
+    /// The layout of the object at `path`: cached, or read from its first bytes in the store.
     async fn layout(
         &self,
         path: &Path,
         block_len: u64,
     ) -> Result<Result<Arc<Layout>, CodecError>, BlockError> {
-        if let Some(layout) = self.inner.layouts.get(path.as_ref()) {
-            return Ok(Ok(layout));
-        }
         let core = &self.inner.core;
-        let fetch = |len: u64| async move {
+        self.load_layout(path, block_len, |len: u64| async move {
             core.data
                 .get_range(path, 0..len)
                 .await
                 .map_err(|e| core.error("get", path, e))
-        };
+        })
+        .await
+    }
+
+    /// The layout of the object at `path`: from the table cache, or parsed from its first bytes
+    /// as `prefix(len)` gives them (from the store, or from a cached copy), then cached.
+    async fn load_layout<E, F, Fut>(
+        &self,
+        path: &Path,
+        block_len: u64,
+        prefix: F,
+    ) -> Result<Result<Arc<Layout>, CodecError>, E>
+    where
+        F: Fn(u64) -> Fut,
+        Fut: std::future::Future<Output = Result<Bytes, E>>,
+    {
+        if let Some(layout) = self.inner.layouts.get(path.as_ref()) {
+            return Ok(Ok(layout));
+        }
         let want = index_len_for(block_len);
-        let mut prefix = fetch(want).await?;
-        let mut parsed = FrameIndex::parse(&prefix);
+        let mut bytes = prefix(want).await?;
+        let mut parsed = FrameIndex::parse(&bytes);
         if let Ok(IndexRead::NeedIndex(len)) = parsed {
             // Fewer bytes than asked for: the object ends there.
-            if (prefix.len() as u64) == want {
-                prefix = fetch(len).await?;
-                parsed = FrameIndex::parse(&prefix);
+            if (bytes.len() as u64) == want {
+                bytes = prefix(len).await?;
+                parsed = FrameIndex::parse(&bytes);
             }
         }
         let layout = match parsed {
@@ -891,7 +897,7 @@ impl BlockStore {
             Ok(IndexRead::NeedIndex(len)) => {
                 return Ok(Err(CodecError::LengthMismatch {
                     expected: len,
-                    actual: prefix.len() as u64,
+                    actual: bytes.len() as u64,
                 }))
             }
             Err(reason) => return Ok(Err(reason)),
@@ -929,18 +935,14 @@ impl BlockStore {
             .get_range(path, span)
             .await
             .map_err(|e| core.error("get", path, e))?;
-        let base = index.raw_start(frames.start);
         let raw = match core
-            .decode_frames(Arc::clone(index), frames, stored, path)
+            .decode_frames(Arc::clone(index), frames.clone(), stored, path)
             .await
         {
             Ok(raw) => raw,
             Err(reason) => return Ok(Err(reason)),
         };
-        let end = range.end.min(index.raw_len()) - base;
-        Ok(Ok(Some(
-            raw.slice((range.start - base) as usize..end as usize),
-        )))
+        Ok(Ok(Some(range_of_frames(index, frames, &raw, range))))
     }
 
     /// Parsed frame tables held in memory: (entries, bytes).

@@ -383,17 +383,10 @@ impl Client {
         }
     }
 
-    /// Send a request that adds the entry `name` to a directory; the answer's directory
+    /// Send a request that adds the entry `name` to directory `parent`; the answer's directory
     /// attributes are kept (see [`FreshDirs`]) and the name added to what is known of it.
-    async fn call_entry(&self, req: Request, name: &[u8]) -> Result<Attr, RpcError> {
+    async fn call_entry(&self, req: Request, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
         let sent = Instant::now();
-        let parent = match &req {
-            Request::Mknod { parent, .. }
-            | Request::Mkdir { parent, .. }
-            | Request::Symlink { parent, .. } => *parent,
-            Request::Link { new_parent, .. } => *new_parent,
-            _ => 0,
-        };
         let answer = self.rpc.call(req).await;
         if let Err(e) = &answer {
             // The name is there after all: another mount made it.
@@ -460,13 +453,8 @@ impl Client {
         attr
     }
 
-    /// Whether `name` is known not to be in `parent` without asking the server (see
-    /// [`crate::listings`]): the FUSE thread answers such a lookup at once.
-    pub fn known_absent(&self, parent: Ino, name: &[u8]) -> bool {
-        self.listings.lookup(parent, name) == Known::Absent
-    }
-
-    /// Find `name` in `parent`.
+    /// Find `name` in `parent`. A name known not to be there ([`crate::listings`]) is answered
+    /// without a round trip, so on the FUSE thread's first poll.
     pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
         let absent = || RpcError::new(ErrorCode::NotFound, "no such entry");
         match self.listings.lookup(parent, name) {
@@ -638,6 +626,7 @@ impl Client {
                     caller,
                     open,
                 },
+                parent,
                 name,
             )
             .await?;
@@ -662,6 +651,7 @@ impl Client {
                 perm,
                 caller,
             },
+            parent,
             name,
         )
         .await
@@ -742,6 +732,7 @@ impl Client {
                     new_name: new_name.to_vec(),
                     caller,
                 },
+                new_parent,
                 new_name,
             )
             .await?;
@@ -763,6 +754,7 @@ impl Client {
                 target: target.to_vec(),
                 caller,
             },
+            parent,
             name,
         )
         .await

@@ -269,11 +269,6 @@ impl Filesystem for CairnFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
-        // A name known not to be there (crate cairn_client::listings): no round trip.
-        if self.client.known_absent(parent.0, &n) {
-            reply.error(Errno::ENOENT);
-            return;
-        }
         self.run("lookup", parent.0, move |c| async move {
             match c.lookup(parent.0, &n).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),

@@ -82,6 +82,11 @@ impl MemTable {
     }
 }
 
+/// Buffer a put (`Some`) or a delete (`None`, a tombstone) of a transaction's own writes.
+pub fn buffer(writes: &mut Writes, table: Table, key: &[u8], value: Option<&[u8]>) {
+    writes.insert((table, key.to_vec()), value.map(<[u8]>::to_vec));
+}
+
 /// The value under `key` as seen through `layers` (newest first) over `base`: the newest layer
 /// that holds the key decides; a tombstone means absent.
 pub fn get(

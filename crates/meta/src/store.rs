@@ -848,16 +848,19 @@ struct LoggedWrite<'a> {
     writes: Writes,
 }
 
-impl ReadTxn for LoggedWrite<'_> {
-    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+impl LoggedWrite<'_> {
+    /// Run `f` over the commit's layers, newest first: its own writes, the active memtable (read
+    /// lock held only for the call), the frozen one as the commit began.
+    fn with_layers<R>(&self, f: impl FnOnce(&[&Writes]) -> R) -> R {
         let m = read(self.mem);
         let frozen = self.frozen.as_deref().map_or(&EMPTY, MemTable::rows);
-        memtable::get(
-            &[&self.writes, m.active.rows(), frozen],
-            &self.base,
-            table,
-            key,
-        )
+        f(&[&self.writes, m.active.rows(), frozen])
+    }
+}
+
+impl ReadTxn for LoggedWrite<'_> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with_layers(|layers| memtable::get(layers, &self.base, table, key))
     }
     fn range(
         &self,
@@ -866,27 +869,17 @@ impl ReadTxn for LoggedWrite<'_> {
         end: &[u8],
         limit: usize,
     ) -> Result<Pairs, StoreError> {
-        let m = read(self.mem);
-        let frozen = self.frozen.as_deref().map_or(&EMPTY, MemTable::rows);
-        memtable::range(
-            &[&self.writes, m.active.rows(), frozen],
-            &self.base,
-            table,
-            start,
-            end,
-            limit,
-        )
+        self.with_layers(|layers| memtable::range(layers, &self.base, table, start, end, limit))
     }
 }
 
 impl WriteTxn for LoggedWrite<'_> {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
-        self.writes
-            .insert((table, key.to_vec()), Some(value.to_vec()));
+        memtable::buffer(&mut self.writes, table, key, Some(value));
         Ok(())
     }
     fn delete(&mut self, table: Table, key: &[u8]) -> Result<(), StoreError> {
-        self.writes.insert((table, key.to_vec()), None);
+        memtable::buffer(&mut self.writes, table, key, None);
         Ok(())
     }
 }
