@@ -149,6 +149,13 @@ async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'stati
     }
 }
 
+/// Blocks written of at least this many raw bytes are not copied into the disk cache after their
+/// upload (smaller ones, the blocks of small files and the tails of large ones, are). A large
+/// sequential write would otherwise write everything twice on the client's disk, competing with
+/// the upload for CPU and disk, for reads that the page cache mostly answers; a later read of
+/// such a block fills the cache as any read does.
+const WRITE_THROUGH_BELOW: usize = 1 << 20;
+
 /// Where blocks live, as the user gives it.
 #[derive(Clone, Debug, Default)]
 pub struct StoreConfig {
@@ -667,7 +674,10 @@ impl BlockStore {
         let (len, written) = core
             .put_encoded(&core.data, "put", &path, stored.clone(), Some(&raw))
             .await?;
-        if let (Some(cache), true) = (&self.inner.cache, written) {
+        if let (Some(cache), true) = (
+            &self.inner.cache,
+            written && raw.len() < WRITE_THROUGH_BELOW,
+        ) {
             cache.insert(path.as_ref(), stored).await;
         }
         Ok(len)
@@ -1784,6 +1794,12 @@ mod tests {
         let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, false)).unwrap();
         let raw = mixed_block(1 << 20, 4);
         store.put(&key(1), raw.clone()).await.unwrap();
+        assert!(
+            !store.is_cached(&key(1)),
+            "a large block written is not cached"
+        );
+        store.get(&key(1)).await.unwrap();
+        assert!(store.is_cached(&key(1)), "a whole block read is");
         let calls = faults.calls.load(Ordering::SeqCst);
         assert_eq!(
             store.get_range(&key(1), 5000..6000, 1 << 20).await.unwrap(),
@@ -1844,6 +1860,7 @@ mod tests {
         {
             let store = cached(&faults, lz4(), &cfg).unwrap();
             store.put(&key(1), raw.clone()).await.unwrap();
+            store.get(&key(1)).await.unwrap();
             assert!(store.is_cached(&key(1)));
             assert!(!store.is_cached(&key(2)));
         }
@@ -1889,11 +1906,11 @@ mod tests {
         let faults = flaky(0, false);
         let cfg = cache_config(dir.path(), 1 << 30, false);
         let raw = mixed_block(1 << 20, 6);
-        cached(&faults, lz4(), &cfg)
-            .unwrap()
-            .put(&key(1), raw.clone())
-            .await
-            .unwrap();
+        {
+            let store = cached(&faults, lz4(), &cfg).unwrap();
+            store.put(&key(1), raw.clone()).await.unwrap();
+            store.get(&key(1)).await.unwrap();
+        }
         let store = cached(&faults, lz4(), &cfg).unwrap();
         let path = key(1).object_path("vol");
         let file = store.cache().unwrap().entry_file(&path).unwrap();
