@@ -295,18 +295,20 @@ fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
         "the mount log names its cache folder:
 {log}"
     );
-    let h = write_random_file(&c.join("f"), 5, 5 * MIB, true).expect("write");
-    assert!(
-        cached_blocks(&dir) >= 2,
-        "written blocks are kept in the default folder: {}",
-        cached_blocks(&dir)
+    // Two blocks: 4 MiB, not kept when written (large), and 100 KiB, kept.
+    let len = 4 * MIB + (100 << 10);
+    let h = write_random_file(&c.join("f"), 5, len, true).expect("write");
+    assert_eq!(
+        cached_blocks(&dir),
+        1,
+        "the small block written is kept in the default folder, the large one is not"
     );
 
     let second = c.new_mount();
     let dir2 = second.disk_cache_dir().expect("the second mount's folder");
     assert_ne!(dir2, dir, "two mounts never share a folder");
     assert_eq!(dir2.parent(), Some(root.as_path()));
-    assert_file(&second.join("f"), 5 * MIB, &h, "through a second mount");
+    assert_file(&second.join("f"), len, &h, "through a second mount");
     drop(second);
 
     let mp = c.dir().join("no-cache");
@@ -321,7 +323,7 @@ fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
     );
     assert_file(
         &plain.join("f"),
-        5 * MIB,
+        len,
         &h,
         "through a mount without a disk cache",
     );
@@ -354,7 +356,7 @@ fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
     let blocked_mount = Mount::start_with(c.bin(), c.volume(), &mp, &c.meta().addr(), &store, &[]);
     assert_file(
         &blocked_mount.join("f"),
-        5 * MIB,
+        len,
         &h,
         "through a mount whose default folder failed",
     );
