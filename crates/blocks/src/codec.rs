@@ -47,11 +47,12 @@
 //!
 //! Encoding:
 //! 1. Cut the raw block into frames of [`FRAME_LEN`] bytes.
-//! 2. Compress each frame with the codec's [`Compression`]; if that did not make it smaller (or
-//!    the codec is `none`, or a sample of the frame has the byte entropy of random data, or one
-//!    of the 7 frames before it saved less than 1/8, so that compressing is not even tried),
-//!    store the frame raw and leave its flag bit 0 clear: incompressible data costs next to no
-//!    CPU to write or read back and never grows.
+//! 2. Compress each frame with the codec's [`Compression`]; if that did not save at least an
+//!    eighth of it (or the codec is `none`, or a sample of the frame has the byte entropy of
+//!    random data, or one of the 7 frames before it saved less than an eighth, so that
+//!    compressing is not even tried), store the frame raw and leave its flag bit 0
+//!    clear: incompressible data costs next to no CPU to write, reads back without a copy and
+//!    never grows.
 //! 3. Seal each frame if the codec has a key; checksum each frame's stored and raw bytes.
 //! 4. Write header, table and frames as one buffer (one object, one PUT).
 //!
@@ -594,11 +595,12 @@ impl FrameIndex {
 }
 
 /// Raw length of frame `frame` of a block.
-/// A frame that compresses to more than this fraction of its size (7/8) saved too little for
-/// the CPU it cost: the next [`POOR_FRAME_SKIP`] frames of the block are stored raw without
-/// trying, then one is tried again. Data of this kind (benchmark buffers, some columnar and
-/// media formats) would otherwise cost zstd about 5 ms of CPU per MiB to save a few percent of
-/// the bucket, and make every read of it decompress.
+/// A frame that compresses to more than this fraction of its size (7/8) saves too little for
+/// the CPU it costs: it is stored raw (as ZFS keeps a block compressed only if that saves an
+/// eighth), and the next [`POOR_FRAME_SKIP`] frames of the block are stored raw without trying,
+/// then one is tried again. Data of this kind (benchmark buffers, some columnar and media
+/// formats) would otherwise cost zstd about 5 ms of CPU per MiB to save a few percent of the
+/// bucket, and every read of it a decompression and a copy (raw frames read without a copy).
 const POOR_RATIO: (u64, u64) = (7, 8);
 /// See [`POOR_RATIO`]: probing one frame in eight keeps a block that turns compressible caught
 /// within half a MiB.
@@ -766,14 +768,13 @@ impl BlockCodec {
                 Compression::Lz4 => Some(lz4_flex::block::compress(chunk)),
                 Compression::Zstd { .. } => zstd.as_mut().and_then(|z| z.compress(chunk).ok()),
             };
-            if compressed
-                .as_ref()
-                .is_some_and(|c| c.len() as u64 * POOR_RATIO.1 > chunk.len() as u64 * POOR_RATIO.0)
-            {
+            let poor =
+                |c: &Vec<u8>| c.len() as u64 * POOR_RATIO.1 > chunk.len() as u64 * POOR_RATIO.0;
+            if compressed.as_ref().is_some_and(poor) {
                 untried = POOR_FRAME_SKIP;
             }
             let (flags, payload): (u8, &[u8]) = match &compressed {
-                Some(c) if !c.is_empty() && c.len() < chunk.len() => (FRAME_COMPRESSED, c),
+                Some(c) if !c.is_empty() && !poor(c) => (FRAME_COMPRESSED, c),
                 _ => (0, chunk),
             };
             let start = body.len();
@@ -835,21 +836,22 @@ impl BlockCodec {
 
     /// Decodes the bytes of a block object into the raw block. Verifies magic, format version,
     /// flags, lengths and checksums; never panics, whatever the bytes.
-    pub fn decode(&self, stored: &[u8]) -> Result<Bytes, CodecError> {
+    pub fn decode(&self, stored: &Bytes) -> Result<Bytes, CodecError> {
         self.decode_for(stored, b"")
     }
 
     /// Decodes the object at `path` (bound into the encryption, if any).
-    pub fn decode_for(&self, stored: &[u8], path: &[u8]) -> Result<Bytes, CodecError> {
+    pub fn decode_for(&self, stored: &Bytes, path: &[u8]) -> Result<Bytes, CodecError> {
         self.decode_range(stored, path, 0..u64::MAX)
     }
 
     /// Decodes raw bytes `range` (clamped to the block's length) of the whole object `stored`.
     /// For version 2 only the frames that hold the range are checked and decoded; version 1 is
-    /// decoded whole. Never panics, whatever the bytes.
+    /// decoded whole. Never panics, whatever the bytes. Frames stored raw come back as a slice
+    /// of `stored`, not a copy.
     pub fn decode_range(
         &self,
-        stored: &[u8],
+        stored: &Bytes,
         path: &[u8],
         range: Range<u64>,
     ) -> Result<Bytes, CodecError> {
@@ -877,7 +879,7 @@ impl BlockCodec {
         let raw = self.decode_frames(
             &index,
             frames.clone(),
-            &stored[span.start as usize..span.end as usize],
+            &stored.slice(span.start as usize..span.end as usize),
             path,
         )?;
         let base = index.raw_start(frames.start);
@@ -888,11 +890,16 @@ impl BlockCodec {
     /// Decodes the consecutive frames `frames` of the object at `path`, whose stored bytes are
     /// `bytes` (exactly [`FrameIndex::stored_span`] of them): the raw bytes from
     /// [`FrameIndex::raw_start`] of the first frame. Checks steps 5 to 9 of the module doc.
+    ///
+    /// Frames stored raw and unencrypted are their raw bytes: their stored crc is their raw crc,
+    /// so one checksum pass checks both, and when every frame asked for is such a frame the
+    /// result is `bytes` itself, without a copy (incompressible data, the common case of large
+    /// files, reads at the cost of a checksum).
     pub fn decode_frames(
         &self,
         index: &FrameIndex,
         frames: Range<usize>,
-        bytes: &[u8],
+        bytes: &Bytes,
         path: &[u8],
     ) -> Result<Bytes, CodecError> {
         let span = index.stored_span(frames.clone());
@@ -901,6 +908,15 @@ impl BlockCodec {
                 expected: span.end - span.start,
                 actual: bytes.len() as u64,
             });
+        }
+        let plain = |i: usize| !index.encrypted && index.frames[i].flags & FRAME_COMPRESSED == 0;
+        if frames.clone().all(plain) {
+            for i in frames {
+                let f = &index.frames[i];
+                let at = (f.offset - span.start) as usize;
+                check_plain_frame(index, i, &bytes[at..at + f.stored_len as usize])?;
+            }
+            return Ok(bytes.clone());
         }
         let raw_len: usize = frames
             .clone()
@@ -911,6 +927,11 @@ impl BlockCodec {
             let f = &index.frames[i];
             let at = (f.offset - span.start) as usize;
             let stored = &bytes[at..at + f.stored_len as usize];
+            if plain(i) {
+                check_plain_frame(index, i, stored)?;
+                out.extend_from_slice(stored);
+                continue;
+            }
             check_frame_crc(i, f, stored)?;
             let want = frame_raw_len(index.raw_len, index.frame_len, i as u32);
             let opened;
@@ -1010,6 +1031,29 @@ fn check_object_len(index: &FrameIndex, stored: &[u8]) -> Result<(), CodecError>
         return Err(CodecError::LengthMismatch {
             expected,
             actual: stored.len() as u64,
+        });
+    }
+    Ok(())
+}
+
+/// Steps 5, 6 and 9 of the module doc for frame `i` stored raw and unencrypted: its stored bytes
+/// are its raw bytes, so its length is the frame's raw length and its raw crc, which the table
+/// has apart, must equal the stored crc that the bytes were checked against.
+fn check_plain_frame(index: &FrameIndex, i: usize, stored: &[u8]) -> Result<(), CodecError> {
+    let f = &index.frames[i];
+    let want = frame_raw_len(index.raw_len, index.frame_len, i as u32);
+    if stored.len() != want {
+        return Err(CodecError::LengthMismatch {
+            expected: want as u64,
+            actual: stored.len() as u64,
+        });
+    }
+    check_frame_crc(i, f, stored)?;
+    if f.raw_crc != f.stored_crc {
+        return Err(CodecError::FrameRawChecksum {
+            frame: i as u32,
+            expected: f.raw_crc,
+            actual: f.stored_crc,
         });
     }
     Ok(())
@@ -1327,10 +1371,45 @@ mod tests {
         assert!(!looks_incompressible(&half));
     }
 
+    /// Raw frames come back as a slice of the object, checked by one crc pass: a damaged
+    /// frame is still found, and so is a table (with a good index crc) whose raw crc of a raw
+    /// frame disagrees with its stored crc.
+    #[test]
+    fn raw_frames_decode_without_a_copy_and_are_still_checked() {
+        let codec = BlockCodec::new(Compression::Zstd { level: 3 });
+        let raw = noise(3 * FRAME_LEN + 100, 31);
+        let stored = codec.encode(&raw);
+        let back = codec.decode(&stored).unwrap();
+        assert_eq!(back, raw);
+        let body = HEADER_LEN + 4 * ENTRY_LEN;
+        assert_eq!(
+            back.as_ptr(),
+            stored[body..].as_ptr(),
+            "a slice, not a copy"
+        );
+
+        let mut damaged = stored.to_vec();
+        damaged[body + FRAME_LEN + 7] ^= 1;
+        assert!(matches!(
+            codec.decode(&Bytes::from(damaged)),
+            Err(CodecError::FrameChecksum { frame: 1, .. })
+        ));
+
+        let mut table = stored.to_vec();
+        table[HEADER_LEN + 2 * ENTRY_LEN + 12] ^= 1; // frame 2's raw crc
+        let fixed: [u8; 20] = table[..20].try_into().unwrap();
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), &table[HEADER_LEN..body]);
+        table[20..24].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            codec.decode(&Bytes::from(table)),
+            Err(CodecError::FrameRawChecksum { frame: 2, .. })
+        ));
+    }
+
     #[test]
     fn a_frame_that_compresses_poorly_leaves_the_next_seven_untried() {
         // Bytes drawn from 200 values: 7.6 bits each, under the entropy cut, but only a few
-        // percent smaller compressed.
+        // percent smaller compressed: stored raw, and the next seven not tried.
         let poor: Vec<u8> = noise(FRAME_LEN, 21).iter().map(|b| b % 200).collect();
         assert!(!looks_incompressible(&poor));
         let codec = BlockCodec::new(Compression::Zstd { level: 3 });
@@ -1338,7 +1417,7 @@ mod tests {
         raw.extend(compressible(10 * FRAME_LEN));
         let stored = codec.encode(&raw);
         let flags: Vec<u8> = (0..11).map(|i| frame_flags(&stored, i)).collect();
-        assert_eq!(flags, [1, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
+        assert_eq!(flags, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
         assert_eq!(codec.decode(&stored).unwrap(), raw);
     }
 
@@ -1403,7 +1482,7 @@ mod tests {
     }
 
     fn decode(stored: &[u8]) -> Result<Bytes, CodecError> {
-        BlockCodec::new(Compression::None).decode(stored)
+        BlockCodec::new(Compression::None).decode(&Bytes::copy_from_slice(stored))
     }
 
     #[test]
@@ -1514,12 +1593,14 @@ mod tests {
                 let codec = BlockCodec::new(compression);
                 let other = if i == 0 { index.raw_start(1) } else { 0 };
                 assert_eq!(
-                    codec.decode_range(&b, b"", other..other + 100).unwrap(),
+                    codec
+                        .decode_range(&Bytes::from(b.clone()), b"", other..other + 100)
+                        .unwrap(),
                     raw[other as usize..other as usize + 100],
                 );
                 let inside = index.raw_start(i) + 5;
                 assert!(matches!(
-                    codec.decode_range(&b, b"", inside..inside + 1),
+                    codec.decode_range(&Bytes::from(b.clone()), b"", inside..inside + 1),
                     Err(CodecError::FrameChecksum { .. })
                 ));
             }
@@ -1702,7 +1783,9 @@ mod tests {
         let frames = le_u32(&stored, 16) as usize;
         reseal_frame(&mut stored, frames - 1);
         assert_eq!(
-            codec.decode_for(&stored, b"p").unwrap_err(),
+            codec
+                .decode_for(&Bytes::from(stored.clone()), b"p")
+                .unwrap_err(),
             CodecError::Decrypt
         );
     }
@@ -1727,19 +1810,25 @@ mod tests {
         swapped[b..b + len].copy_from_slice(&stored[a..a + len]);
         reseal_frame(&mut swapped, 0);
         reseal_frame(&mut swapped, 1);
-        assert_eq!(codec.decode_for(&swapped, b"p"), Err(CodecError::Decrypt));
+        assert_eq!(
+            codec.decode_for(&Bytes::from(swapped), b"p"),
+            Err(CodecError::Decrypt)
+        );
         // Frame 0 of a block of the same shape at another path.
         let other = codec.encode_for(&raw, b"q").to_vec();
         let mut mixed = stored.clone();
         mixed[a..a + len].copy_from_slice(&other[a..a + len]);
         reseal_frame(&mut mixed, 0);
-        assert_eq!(codec.decode_for(&mixed, b"p"), Err(CodecError::Decrypt));
+        assert_eq!(
+            codec.decode_for(&Bytes::from(mixed), b"p"),
+            Err(CodecError::Decrypt)
+        );
         // Compression marker set on a frame stored raw: the stored length no longer fits, or
         // the tag fails.
         let mut plain = codec.encode_for(&noise(FRAME_LEN, 1), b"p").to_vec();
         plain[HEADER_LEN + 4] = FRAME_COMPRESSED;
         reseal_index(&mut plain);
-        assert!(codec.decode_for(&plain, b"p").is_err());
+        assert!(codec.decode_for(&Bytes::from(plain), b"p").is_err());
     }
 
     #[test]
@@ -2084,14 +2173,14 @@ mod tests {
         fn decode_never_panics_on_plausible_v2_objects((bytes, from, to) in plausible_v2_object()) {
             let keyed = BlockCodec::new(Compression::None).with_key(&[4; 32]);
             for codec in [BlockCodec::new(Compression::None), keyed] {
-                let _ = codec.decode(&bytes);
-                let _ = codec.decode_range(&bytes, b"", from..to);
+                let _ = codec.decode(&Bytes::copy_from_slice(&bytes));
+                let _ = codec.decode_range(&Bytes::copy_from_slice(&bytes), b"", from..to);
                 let _ = BlockCodec::check_stored(&bytes);
                 if let Ok(IndexRead::Index(index)) = FrameIndex::parse(&bytes) {
                     let frames = index.frames_for(from..to);
                     let span = index.stored_span(frames.clone());
                     let stored = bytes.get(span.start as usize..span.end as usize).unwrap_or(&[]);
-                    let _ = codec.decode_frames(&index, frames, stored, b"");
+                    let _ = codec.decode_frames(&index, frames, &Bytes::copy_from_slice(stored), b"");
                 }
             }
         }

@@ -1561,7 +1561,7 @@ impl Client {
         ino: Ino,
         offset: u64,
         len: u32,
-    ) -> Result<Vec<u8>, RpcError> {
+    ) -> Result<Bytes, RpcError> {
         let Some(f) = self.file(ino) else {
             return Err(RpcError::new(
                 ErrorCode::Stale,
@@ -1580,7 +1580,7 @@ impl Client {
             let mut inner = f.inner.lock().await;
             let size = inner.size;
             if offset >= size || len == 0 {
-                return Ok(Vec::new());
+                return Ok(Bytes::new());
             }
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
@@ -1673,7 +1673,10 @@ impl Client {
             }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
-        let mut out = vec![0u8; (end - offset) as usize];
+        // The part of each block's bytes in the range, with its place in the answer; bytes a
+        // block does not have (a hole, or past its data) are zeros.
+        let want = (end - offset) as usize;
+        let mut parts = Vec::with_capacity(blocks.len());
         for (index, data, at) in blocks {
             let bstart = index * bs + at;
             let from = offset.max(bstart);
@@ -1684,11 +1687,20 @@ impl Client {
             let src_from = (from - bstart) as usize;
             let src_to = ((to - bstart) as usize).min(data.len());
             if src_from < src_to {
-                let dst = (from - offset) as usize;
-                out[dst..dst + (src_to - src_from)].copy_from_slice(&data[src_from..src_to]);
+                parts.push(((from - offset) as usize, data.slice(src_from..src_to)));
             }
         }
-        Ok(out)
+        // The usual answer is one part of one block: that slice itself, without a copy.
+        if let [(0, part)] = parts.as_slice() {
+            if part.len() == want {
+                return Ok(part.clone());
+            }
+        }
+        let mut out = vec![0u8; want];
+        for (dst, part) in parts {
+            out[dst..dst + part.len()].copy_from_slice(&part);
+        }
+        Ok(Bytes::from(out))
     }
 
     /// Write `data` at `offset`; returns the bytes accepted (all of them).
