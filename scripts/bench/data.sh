@@ -19,9 +19,12 @@
 #  2. seq read of those files, cold (the filesystem remounted, which drops its own caches, local
 #     disk caches deleted, then `echo 3 > /proc/sys/vm/drop_caches`) and then warm (the same read
 #     again right away, fio invalidate=0 so fio does not drop the page cache itself); fio's MB/s;
-#  3. random reads of 4 KiB and 128 KiB over the 1-thread file for TIME seconds, each run started
+#  3. seq overwrite of the 1-thread file, remounted and cold as for a cold read, in 1 MiB writes,
+#     end_fsync=1; MB/s as for seq write. A filesystem that reads each old block before writing
+#     its first part shows here;
+#  4. random reads of 4 KiB and 128 KiB over the 1-thread file for TIME seconds, each run started
 #     cold (remount, drop caches) with the same random offsets on every filesystem; IOPS and MB/s;
-#  4. FILES files of 128 KiB, each created, written, fsync'd and closed, split over the threads
+#  5. FILES files of 128 KiB, each created, written, fsync'd and closed, split over the threads
 #     (one folder per thread); then, cold, each opened, read whole and closed; files/s.
 #
 # Why rclone runs with --vfs-cache-mode off: in that mode a write goes straight to the bucket (a
@@ -280,6 +283,29 @@ seq_read() { # seq_read FS THREADS cold|warm
     fi
 }
 
+seq_overwrite() { # seq_overwrite FS: over the 1-thread file, after a remount
+    local fs=$1 row=overwrite
+    STEP="seq overwrite, 1 thread"
+    skip_if_out "$fs" $row 1 && return 0
+    remount "$fs" "seq overwrite" || { record $row 1 "$fs" n/a "" "${NA[$fs]}"; return 0; }
+    drop_caches
+    size_ok "$fs" 1 || { record $row 1 "$fs" n/a "" "no complete file from the write"; return 0; }
+    local json=$WORK/fio-$fs-overwrite.json
+    if run_fio "$fs" "$STEP_TIMEOUT" "$json" --name=seq1 --directory="${MNT[$fs]}" \
+        --filename_format='$jobname.$jobnum' --rw=write --bs=1M --size="${SIZE_MIB}M" \
+        --end_fsync=1 --overwrite=1 --allow_file_create=0; then
+        if size_ok "$fs" 1; then
+            record $row 1 "$fs" "$(awk -v b="$((SIZE_MIB * 1048576))" -v s="$FIO_SECS" 'BEGIN { printf "%.1f", b / s / 1e6 }')" \
+                "wall ${FIO_SECS}s"
+        else
+            record $row 1 "$fs" n/a "" "the file overwritten has the wrong size"
+        fi
+    else
+        record $row 1 "$fs" n/a "" "$FIO_WHY"
+        after_failure "$fs" "seq overwrite"
+    fi
+}
+
 rand_read() { # rand_read FS BS THREADS
     local fs=$1 bs=$2 t=$3 row=rand$2
     STEP="random read $bs, $t threads"
@@ -399,6 +425,9 @@ for t in $THREADS; do
         seq_read "$fs" "$t" cold
         seq_read "$fs" "$t" warm
     done
+    if ((t == 1)); then
+        for fs in "${FSES[@]}"; do seq_overwrite "$fs"; done
+    fi
 done
 # The multi-thread files are no longer needed: free the space before the random reads.
 for t in $THREADS; do
@@ -447,6 +476,7 @@ label = {
     "seqwrite": ("seq write 1 MiB, end_fsync", "MB/s"),
     "seqread-cold": ("seq read 1 MiB, cold", "MB/s"),
     "seqread-warm": ("seq read 1 MiB, warm", "MB/s"),
+    "overwrite": ("seq overwrite 1 MiB, cold, end_fsync", "MB/s"),
     "rand4k": ("random read 4 KiB", "IOPS (MB/s)"),
     "rand128k": ("random read 128 KiB", "IOPS (MB/s)"),
     "smallwrite": ("small files write+fsync", "files/s"),
