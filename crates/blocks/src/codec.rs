@@ -778,20 +778,27 @@ impl BlockCodec {
                 _ => (0, chunk),
             };
             let start = body.len();
-            let raw_crc = match &self.key {
+            let (stored_crc, raw_crc) = match &self.key {
                 Some(cipher) => {
                     seal(cipher, &mut body, &fixed, len_u32(i), flags, payload, path);
-                    0
+                    (crc32c::crc32c(&body[start..]), 0)
                 }
                 None => {
                     body.extend_from_slice(payload);
-                    crc32c::crc32c(chunk)
+                    let raw_crc = crc32c::crc32c(chunk);
+                    // A frame stored raw is its raw bytes: one pass gives both checksums.
+                    let stored_crc = if flags == 0 {
+                        raw_crc
+                    } else {
+                        crc32c::crc32c(payload)
+                    };
+                    (stored_crc, raw_crc)
                 }
             };
-            let stored = &body[start..];
-            table.extend_from_slice(&len_u32(stored.len()).to_le_bytes());
+            let stored_len = body.len() - start;
+            table.extend_from_slice(&len_u32(stored_len).to_le_bytes());
             table.extend_from_slice(&[flags, 0, 0, 0]);
-            table.extend_from_slice(&crc32c::crc32c(stored).to_le_bytes());
+            table.extend_from_slice(&stored_crc.to_le_bytes());
             table.extend_from_slice(&raw_crc.to_le_bytes());
         }
         let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), &table);
