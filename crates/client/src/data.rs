@@ -182,6 +182,10 @@ const WHOLE: u32 = u32::MAX;
 /// with, so that one cached frame is one decoded frame of the object.
 const FRAME: u64 = cairn_blocks::codec::FRAME_LEN as u64;
 
+/// How far from where the last read of a file ended a read may start and still count as
+/// sequential (see [`Client::read`]).
+const REORDER_SLACK: u64 = 512 << 10;
+
 /// Most whole-block reads into the disk cache in flight at once, mount-wide, for random reads
 /// (see [`Client::fill_disk_cache`]). Few: they are bulk work beside the reads that wait, and
 /// a block not read now is read at its next random read.
@@ -1584,14 +1588,17 @@ impl Client {
             }
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
-            // Sequential within a block of where the last read ended: the kernel sends the
-            // reads of one sequential reader from several threads, and a few arrive out of
-            // order (about 2% of the 256 KiB reads of a 1 GiB cold read); taking those for
-            // random reads restarted the read-ahead window and, in a file larger than the
+            // Sequential: where the last read ended, or, once a run has begun, close to it
+            // ([`REORDER_SLACK`] or two reads either side): the kernel sends the reads of one
+            // sequential reader from several threads, and a few arrive out of order (about 2%
+            // of the 256 KiB reads of a 1 GiB cold read, up to two reads late); taking those
+            // for random reads restarted the read-ahead window and, in a file larger than the
             // memory cache, fetched frames and a background copy of blocks that read-ahead was
             // fetching anyway.
             let next = inner.next_seq_offset;
-            let sequential = offset + u64::from(len) + bs > next && offset <= next + bs;
+            let slack = REORDER_SLACK.max(2 * u64::from(len));
+            let sequential =
+                offset == next || (next > 0 && offset + slack >= next && offset <= next + slack);
             // A file that fits in the memory cache is worth keeping there whole: random reads
             // of it fetch whole blocks, as sequential ones do, and soon every read hits memory.
             // Frames are for files larger than the cache, where whole blocks only churn it.
