@@ -594,7 +594,6 @@ impl FrameIndex {
     }
 }
 
-/// Raw length of frame `frame` of a block.
 /// A frame that compresses to more than this fraction of its size (7/8) saves too little for
 /// the CPU it costs: it is stored raw (as ZFS keeps a block compressed only if that saves an
 /// eighth), and the next [`POOR_FRAME_SKIP`] frames of the block are stored raw without trying,
@@ -643,6 +642,7 @@ fn looks_incompressible(frame: &[u8]) -> bool {
     bits > INCOMPRESSIBLE_BITS
 }
 
+/// Raw length of frame `frame` of a block.
 fn frame_raw_len(raw_len: u32, frame_len: u32, frame: u32) -> usize {
     let start = u64::from(frame) * u64::from(frame_len);
     (u64::from(raw_len).saturating_sub(start)).min(u64::from(frame_len)) as usize

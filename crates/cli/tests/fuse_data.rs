@@ -283,13 +283,7 @@ fn check_ranges(path: &Path, model: &[u8], rng: &mut Rng, when: &str) {
         ranges.push((o, rng.range(1, 3 * MIB).min(n - o)));
     }
     for (o, l) in ranges {
-        let mut buf = vec![0u8; l as usize];
-        f.read_exact_at(&mut buf, o)
-            .unwrap_or_else(|e| panic!("{when}: read {l} at {o}: {e}"));
-        assert!(
-            buf == model[o as usize..(o + l) as usize],
-            "{when}: read of {l} bytes at {o} differs"
-        );
+        check_range(&f, model, o, l, when);
     }
     // Reading at and past the end returns nothing.
     let mut buf = [0u8; 16];
@@ -302,6 +296,17 @@ fn check_ranges(path: &Path, model: &[u8], rng: &mut Rng, when: &str) {
         f.read_at(&mut buf, n + BLOCK).expect("read past EOF"),
         0,
         "{when}: read past EOF"
+    );
+}
+
+/// A read of `l` bytes at `o` through `f` matches the model.
+fn check_range(f: &File, model: &[u8], o: u64, l: u64, when: &str) {
+    let mut buf = vec![0u8; l as usize];
+    f.read_exact_at(&mut buf, o)
+        .unwrap_or_else(|e| panic!("{when}: read {l} at {o}: {e}"));
+    assert!(
+        buf == model[o as usize..(o + l) as usize],
+        "{when}: read of {l} bytes at {o} differs"
     );
 }
 
@@ -707,21 +712,12 @@ fn overwrites_from_block_starts_keep_the_old_bytes_they_do_not_cover() {
         .write(true)
         .open(&path)
         .expect("open rw");
-    let check = |f: &File, model: &[u8], o: u64, l: u64, what: &str| {
-        let mut buf = vec![0u8; l as usize];
-        f.read_exact_at(&mut buf, o)
-            .unwrap_or_else(|e| panic!("{what}: read {l} at {o}: {e}"));
-        assert!(
-            buf == model[o as usize..(o + l) as usize],
-            "{what}: read of {l} at {o} differs from the model"
-        );
-    };
     // Sequential overwrite of 6 MiB: block 1 keeps its old bytes from 6 MiB on.
     for i in 0..6 {
         let data = random_bytes(rng.next_u64(), MIB as usize);
         write_both(&f, &mut model, i * MIB, &data, i as usize);
     }
-    check(
+    check_range(
         &f,
         &model,
         5 * MIB,
@@ -740,7 +736,7 @@ fn overwrites_from_block_starts_keep_the_old_bytes_they_do_not_cover() {
     model.truncate((3 * BLOCK + 5000) as usize);
     f.set_len(4 * BLOCK + MIB).expect("grow past the old end");
     model.resize((4 * BLOCK + MIB) as usize, 0);
-    check(
+    check_range(
         &f,
         &model,
         2 * BLOCK,

@@ -115,7 +115,7 @@ struct Buf {
     data: Vec<u8>,
     budget: OwnedSemaphorePermit,
     /// When above `data.len()`: bytes `[data.len(), base_to)` of the block are its old bytes,
-    /// not read yet (see [`Client::owe_base`]); 0 otherwise.
+    /// not read yet (see [`Client::owe_base`]); meaningless otherwise.
     base_to: usize,
 }
 
@@ -1770,9 +1770,6 @@ impl Client {
             }
             let src = (pos - offset) as usize;
             buf.data[in_off..in_off + n].copy_from_slice(&data[src..src + n]);
-            if !buf.owes_base() {
-                buf.base_to = 0;
-            }
             let full = buf.data.len() as u64 == bs;
             pos += n as u64;
             if full {
@@ -1881,16 +1878,7 @@ impl Client {
             return Ok(());
         }
         let (have, base_to) = (buf.data.len(), buf.base_to);
-        if !inner.map.contains_key(&index) && !inner.map_loaded {
-            self.load_map(ino, inner, index, 1).await?;
-        }
-        let old = match inner.map.get(&index).copied() {
-            Some(r) => {
-                let b = self.fetch(ino, r).await?;
-                b.slice(..(r.len as usize).min(b.len()))
-            }
-            None => Bytes::new(),
-        };
+        let old = self.committed_block(ino, inner, index).await?;
         let buf = inner.dirty.get_mut(&index).expect("checked above");
         // The file's lock is held across the fetch: nothing else touched the buffer.
         debug_assert_eq!((buf.data.len(), buf.base_to), (have, base_to));
@@ -1898,8 +1886,27 @@ impl Client {
         let to = base_to.min(old.len());
         buf.data.extend_from_slice(&old[from..to.max(from)]);
         buf.data.resize(base_to, 0);
-        buf.base_to = 0;
         Ok(())
+    }
+
+    /// The bytes of block `index` as the block map has them (loading its entry if needed):
+    /// empty for a hole.
+    async fn committed_block(
+        &self,
+        ino: Ino,
+        inner: &mut FileInner,
+        index: u64,
+    ) -> Result<Bytes, RpcError> {
+        if !inner.map.contains_key(&index) && !inner.map_loaded {
+            self.load_map(ino, inner, index, 1).await?;
+        }
+        match inner.map.get(&index).copied() {
+            Some(r) => {
+                let b = self.fetch(ino, r).await?;
+                Ok(b.slice(..(r.len as usize).min(b.len())))
+            }
+            None => Ok(Bytes::new()),
+        }
     }
 
     /// The current bytes of block `index` before a write of `n` bytes at `in_off` changes it:
@@ -1923,16 +1930,7 @@ impl Client {
         if let Some(p) = inner.pending.get(&index) {
             return Ok(p.data.to_vec());
         }
-        if !inner.map.contains_key(&index) && !inner.map_loaded {
-            self.load_map(ino, inner, index, 1).await?;
-        }
-        let mut base = match inner.map.get(&index).copied() {
-            Some(r) => {
-                let b = self.fetch(ino, r).await?;
-                b[..(r.len as usize).min(b.len())].to_vec()
-            }
-            None => Vec::new(),
-        };
+        let mut base = self.committed_block(ino, inner, index).await?.to_vec();
         base.resize(existing, 0);
         Ok(base)
     }
