@@ -5,18 +5,16 @@
 //!    session it had. The server opens a new session or resumes the old one.
 //! 2. Every later frame is one request, answered with the same request id, in completion order.
 //!    Point reads (lookup, getattr, ...) are answered on the connection task itself, mutations
-//!    by whoever commits them (see below), other reads on the blocking pool. Whoever has the
-//!    answer writes it to the socket ([`ReplySink`]): no hop through another task on the way out.
+//!    by the committer thread, other reads on the blocking pool. Whoever has the answer writes
+//!    it to the socket ([`ReplySink`]): no hop through another task on the way out.
 //! 3. A malformed frame closes the connection (the client reconnects and resends); it never takes
 //!    the server down.
 //!
 //! Mutations go through one committer thread ([`committer`]): it takes every mutation waiting,
 //! runs each in its own overlay (so a failed one leaves no trace), stores each answer under
 //! (session, seq) in `Outcomes`, and commits the batch as one transaction with one fsync (group
-//! commit). A mutation that finds nothing committing and nothing waiting is committed the same
-//! way on its connection's task, which saves the hand-off ([`Commits`]). A mutation that
-//! arrives again with a (session, seq) already answered gets the stored answer: a retry after a
-//! lost reply, a reconnect or a restart is applied exactly once.
+//! commit). A mutation that arrives again with a (session, seq) already answered gets the stored
+//! answer: a retry after a lost reply, a reconnect or a restart is applied exactly once.
 //!
 //! Sessions: a client heartbeats; a session not heard from for `session_timeout` is ended, which
 //! releases its locks and opens. After a restart every stored session gets a fresh timeout, so
@@ -105,59 +103,10 @@ impl FolderLock {
 struct Shared {
     fs: Arc<Fs<RedbStore>>,
     info: VolumeInfo,
-    commits: Commits,
+    commits: std::sync::mpsc::Sender<Job>,
     /// Last time each live session was heard from.
     seen: Mutex<HashMap<u64, Instant>>,
     heartbeat: Duration,
-}
-
-/// Where mutations are committed: on the committer thread, or, when it has nothing to do, on
-/// the connection's own task.
-///
-/// A mutation that arrives while no commit runs and none waits is committed by the connection
-/// task that read it (flat combining for the idle case): a hand-off to the committer thread
-/// costs a thread wake-up, and one thread creating files through a mount went 4% faster
-/// without it (docs/benchmarks.md). Everything else goes to the committer thread, which takes all
-/// that waits as one batch (group commit). `slot` is held by whoever commits, so at most one
-/// tokio worker is ever busy with a commit (an fsync), and the other keeps serving reads.
-struct Commits {
-    tx: std::sync::mpsc::Sender<Job>,
-    /// Shared with the committer thread (which holds no sender, so it ends with the last one).
-    state: Arc<CommitState>,
-}
-
-/// What the connections and the committer thread share about commits.
-struct CommitState {
-    /// Jobs sent to the committer thread and not yet in a batch it holds `slot` for. While any
-    /// wait, a connection does not commit inline, so a later request cannot pass an earlier one.
-    waiting: std::sync::atomic::AtomicUsize,
-    /// Held while a batch commits; keeps what the committer remembers between batches.
-    slot: Mutex<Pruned>,
-}
-
-impl Commits {
-    /// Commit `job` now on this thread if nothing else commits or waits; else queue it for the
-    /// committer thread. Either way its answer is sent by whoever commits it.
-    fn submit(&self, fs: &Fs<RedbStore>, job: Job) {
-        use std::sync::atomic::Ordering::{AcqRel, Acquire};
-        let st = &self.state;
-        if st.waiting.load(Acquire) == 0 {
-            if let Ok(mut pruned) = st.slot.try_lock() {
-                if st.waiting.load(Acquire) == 0 {
-                    commit_batch(fs, vec![job], &mut pruned);
-                    return;
-                }
-            }
-        }
-        st.waiting.fetch_add(1, AcqRel);
-        if let Err(std::sync::mpsc::SendError(job)) = self.tx.send(job) {
-            st.waiting.fetch_sub(1, AcqRel);
-            job.reply.send(&Err(RpcError::new(
-                ErrorCode::Internal,
-                "committer stopped",
-            )));
-        }
-    }
 }
 
 /// A mutation waiting for the committer.
@@ -337,16 +286,11 @@ impl MetaServer {
             _ => anyhow!("cannot listen on {}: {e}; check --bind-addr", cfg.bind_addr),
         })?;
         let addr = listener.local_addr()?;
-        let (tx, rx) = std::sync::mpsc::channel();
-        let state = Arc::new(CommitState {
-            waiting: Default::default(),
-            slot: Mutex::new(Pruned::default()),
-        });
-        let (cfs, cst) = (fs.clone(), state.clone());
+        let (commits, rx) = std::sync::mpsc::channel();
+        let cfs = fs.clone();
         std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || committer(&cfs, &cst, rx))?;
-        let commits = Commits { tx, state };
+            .spawn(move || committer(&cfs, rx))?;
         // Sessions from before a restart get a fresh timeout to reconnect in.
         let now = Instant::now();
         let seen = fs
@@ -502,11 +446,9 @@ async fn end_session(shared: &Shared, session: u64) -> Result<(), RpcError> {
 }
 
 /// Run batches of mutations: one transaction and one commit for everything waiting.
-fn committer(fs: &Fs<RedbStore>, c: &CommitState, rx: std::sync::mpsc::Receiver<Job>) {
-    use std::sync::atomic::Ordering::AcqRel;
+fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
+    let mut pruned = Pruned::default();
     while let Ok(first) = rx.recv() {
-        // Wait for an inline commit to end; only then do the jobs stop counting as waiting.
-        let mut pruned = c.slot.lock().unwrap_or_else(|p| p.into_inner());
         let mut batch = vec![first];
         while batch.len() < 512 {
             match rx.try_recv() {
@@ -514,45 +456,39 @@ fn committer(fs: &Fs<RedbStore>, c: &CommitState, rx: std::sync::mpsc::Receiver<
                 Err(_) => break,
             }
         }
-        c.waiting.fetch_sub(batch.len(), AcqRel);
-        commit_batch(fs, batch, &mut pruned);
-    }
-}
-
-/// Commit a batch as one transaction (one fsync with durability) and send each job's answer.
-fn commit_batch(fs: &Fs<RedbStore>, batch: Vec<Job>, pruned: &mut Pruned) {
-    let run = |t: &mut dyn WriteTxn| {
-        let mut out = Vec::with_capacity(batch.len());
-        for job in &batch {
-            out.push(run_once(fs, t, job, pruned)?);
-        }
-        Ok::<_, StoreError>(out)
-    };
-    // Opens and releases are session bookkeeping: a batch of only those skips the fsync
-    // (they are made durable with the next commit or flush).
-    let lazy = batch
-        .iter()
-        .all(|j| matches!(j.request, Request::Open { .. } | Request::Release { .. }));
-    let result = if lazy {
-        fs.store().write_lazy(run)
-    } else {
-        fs.store().write(run)
-    };
-    match result {
-        Ok(responses) => {
-            for (job, resp) in batch.into_iter().zip(responses) {
-                job.reply.send(&resp);
+        let run = |t: &mut dyn WriteTxn| {
+            let mut out = Vec::with_capacity(batch.len());
+            for job in &batch {
+                out.push(run_once(fs, t, job, &mut pruned)?);
             }
-        }
-        Err(e) => {
-            // Its deletions of answers did not happen: scan from 0 again.
-            *pruned = Pruned::default();
-            warn!("commit of {} metadata changes failed: {e}", batch.len());
-            for job in batch {
-                job.reply.send(&Err(RpcError::new(
-                    ErrorCode::Io,
-                    format!("commit failed: {e}"),
-                )));
+            Ok::<_, StoreError>(out)
+        };
+        // Opens and releases are session bookkeeping: a batch of only those skips the fsync
+        // (they are made durable with the next commit or flush).
+        let lazy = batch
+            .iter()
+            .all(|j| matches!(j.request, Request::Open { .. } | Request::Release { .. }));
+        let result = if lazy {
+            fs.store().write_lazy(run)
+        } else {
+            fs.store().write(run)
+        };
+        match result {
+            Ok(responses) => {
+                for (job, resp) in batch.into_iter().zip(responses) {
+                    job.reply.send(&resp);
+                }
+            }
+            Err(e) => {
+                // Its deletions of answers did not happen: scan from 0 again.
+                pruned = Pruned::default();
+                warn!("commit of {} metadata changes failed: {e}", batch.len());
+                for job in batch {
+                    job.reply.send(&Err(RpcError::new(
+                        ErrorCode::Io,
+                        format!("commit failed: {e}"),
+                    )));
+                }
             }
         }
     }
@@ -784,7 +720,7 @@ async fn connection(
             session: sess,
         };
         if env.request.is_mutation() {
-            // Committed here or by the committer thread, which sends the answer itself.
+            // Straight to the committer thread, which sends the answer itself.
             let job = Job {
                 session: sess,
                 seq: env.seq,
@@ -792,7 +728,12 @@ async fn connection(
                 request: env.request,
                 reply,
             };
-            shared.commits.submit(&shared.fs, job);
+            if let Err(std::sync::mpsc::SendError(job)) = shared.commits.send(job) {
+                job.reply.send(&Err(RpcError::new(
+                    ErrorCode::Internal,
+                    "committer stopped",
+                )));
+            }
             continue;
         }
         let fs = shared.fs.clone();
