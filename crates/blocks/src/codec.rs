@@ -961,8 +961,7 @@ impl BlockCodec {
                 }
                 out.extend_from_slice(payload);
             } else {
-                out.resize(start + want, 0);
-                decompress_into(index.compression, payload, &mut out[start..])?;
+                decompress_append(index.compression, payload, want, &mut out)?;
             }
             if !index.encrypted {
                 let actual = crc32c::crc32c(&out[start..]);
@@ -1008,8 +1007,8 @@ impl BlockCodec {
         let raw: Vec<u8> = if header.compression == COMPRESSION_NONE {
             payload.to_vec()
         } else {
-            let mut out = vec![0u8; raw_len];
-            decompress_into(header.compression, payload, &mut out)?;
+            let mut out = Vec::with_capacity(raw_len);
+            decompress_append(header.compression, payload, raw_len, &mut out)?;
             out
         };
         if header.encrypted {
@@ -1078,28 +1077,93 @@ fn check_frame_crc(i: usize, f: &FrameEntry, stored: &[u8]) -> Result<(), CodecE
     Ok(())
 }
 
-/// Decompresses `payload` into exactly `out.len()` bytes: the output limit, so that hostile
-/// bytes cannot make us allocate more.
-fn decompress_into(compression: u8, payload: &[u8], out: &mut [u8]) -> Result<(), CodecError> {
-    let want = out.len();
+/// Decompresses `payload`, which must hold exactly `want` bytes, onto the end of `out`. At most
+/// `want` bytes are written (the output limit, so that hostile bytes cannot make us allocate
+/// more). zstd writes into the spare capacity without zeroing it first, with this thread's
+/// decompression context: a context per frame cost more than a tenth of decoding.
+fn decompress_append(
+    compression: u8,
+    payload: &[u8],
+    want: usize,
+    out: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     let err = |reason: String| CodecError::Decompress {
         raw_len: len_u32(want),
         reason,
     };
+    let start = out.len();
     match compression {
-        COMPRESSION_LZ4 => match lz4_flex::block::decompress_into(payload, out) {
-            Ok(n) if n == want => Ok(()),
-            Ok(n) => Err(err(format!("got {n} bytes"))),
-            Err(e) => Err(err(e.to_string())),
-        },
-        COMPRESSION_ZSTD => match zstd::bulk::decompress_to_buffer(payload, out) {
-            Ok(n) if n == want => Ok(()),
-            Ok(n) => Err(err(format!("got {n} bytes"))),
-            Err(e) => Err(err(e.to_string())),
-        },
+        COMPRESSION_LZ4 => {
+            out.resize(start + want, 0);
+            match lz4_flex::block::decompress_into(payload, &mut out[start..]) {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => Err(err(format!("got {n} bytes"))),
+                Err(e) => Err(err(e.to_string())),
+            }
+        }
+        COMPRESSION_ZSTD => {
+            thread_local! {
+                static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+                    const { std::cell::RefCell::new(None) };
+            }
+            out.reserve_exact(want);
+            let result = DCTX.with_borrow_mut(|slot| {
+                let dctx = slot.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+                let mut tail = Tail {
+                    vec: out,
+                    start,
+                    room: want,
+                };
+                let r = dctx.decompress(&mut tail, payload);
+                if r.is_err() {
+                    // A context that failed may keep state from the bad frame.
+                    let _ = dctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters);
+                }
+                r
+            });
+            match result {
+                Ok(n) if n == want => Ok(()),
+                Ok(n) => {
+                    out.truncate(start);
+                    Err(err(format!("got {n} bytes")))
+                }
+                Err(code) => {
+                    out.truncate(start);
+                    Err(err(zstd::zstd_safe::get_error_name(code).to_string()))
+                }
+            }
+        }
         // Header checks reject every other id, and frames of compression `none` are never
         // marked compressed.
         id => Err(CodecError::UnknownCompression { id }),
+    }
+}
+
+/// The spare capacity of a vector after its first `start` bytes, seen by zstd as a buffer of
+/// `room` bytes: what it writes is appended.
+struct Tail<'a> {
+    vec: &'a mut Vec<u8>,
+    start: usize,
+    room: usize,
+}
+
+// Safety: `start` is the vector's length and `room` at most its spare capacity (the caller
+// reserved it), so zstd writes only within the allocation, and `filled_until(n)` covers
+// exactly the `n` bytes it wrote after `start`.
+unsafe impl zstd::zstd_safe::WriteBuf for Tail<'_> {
+    fn as_slice(&self) -> &[u8] {
+        &self.vec[self.start..]
+    }
+    fn capacity(&self) -> usize {
+        self.room.min(self.vec.capacity() - self.start)
+    }
+    fn as_mut_ptr(&mut self) -> *mut u8 {
+        // Safety: `start` is within the allocation (it is the vector's length).
+        unsafe { self.vec.as_mut_ptr().add(self.start) }
+    }
+    unsafe fn filled_until(&mut self, n: usize) {
+        // Safety: the caller initialized `n` bytes after `start`, within `capacity()`.
+        unsafe { self.vec.set_len(self.start + n) }
     }
 }
 
@@ -1752,6 +1816,27 @@ mod tests {
                 decode(&b)
             );
         }
+    }
+
+    #[test]
+    fn decompression_writes_no_more_than_the_frame_length_and_recovers_after_an_error() {
+        let raw = compressible(FRAME_LEN + 7);
+        let long = zstd::bulk::compress(&raw, 3).unwrap();
+        let fits = zstd::bulk::compress(&raw[..FRAME_LEN], 3).unwrap();
+        // Room after the first bytes for more than one frame, as when a block's frames are
+        // decoded one after another into one buffer.
+        let mut out = Vec::with_capacity(3 * FRAME_LEN);
+        out.extend_from_slice(b"kept");
+        let e = decompress_append(COMPRESSION_ZSTD, &long, FRAME_LEN, &mut out).unwrap_err();
+        assert!(matches!(e, CodecError::Decompress { .. }), "{e:?}");
+        assert_eq!(out, b"kept", "a failed frame leaves nothing behind");
+        let e = decompress_append(COMPRESSION_ZSTD, &fits, FRAME_LEN + 1, &mut out).unwrap_err();
+        assert!(matches!(e, CodecError::Decompress { .. }), "{e:?}");
+        assert_eq!(out, b"kept");
+        // The same thread's context decodes the next good frame.
+        decompress_append(COMPRESSION_ZSTD, &fits, FRAME_LEN, &mut out).unwrap();
+        assert_eq!(&out[..4], b"kept");
+        assert_eq!(&out[4..], &raw[..FRAME_LEN]);
     }
 
     #[test]

@@ -206,9 +206,38 @@ pub struct MountArgs {
     /// How long operations wait for an unreachable metadata server before failing with EIO.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     pub meta_timeout: std::time::Duration,
+    #[command(flatten)]
+    pub transfer: TransferArgs,
     /// Internal: report readiness on stdout (used when forking into the background).
     #[arg(long, hide = true)]
     pub notify_ready: bool,
+}
+
+const TRANSFER_HEADING: &str = "Transfers (per mount)";
+
+/// How much of the object store a mount uses at once. The defaults suit a host with a few
+/// cores next to a store on a fast network; raise them for a store far away (more requests in
+/// flight hide its latency), lower them to leave bandwidth and memory to others.
+#[derive(Args, Debug, Clone)]
+pub struct TransferArgs {
+    /// Most blocks uploading at once (each holds one block in memory).
+    #[arg(long, default_value_t = 16, value_name = "N", help_heading = TRANSFER_HEADING,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_uploads: u16,
+    /// Most block reads in flight at once, read-ahead included (each holds a block in memory).
+    #[arg(long, default_value_t = 16, value_name = "N", help_heading = TRANSFER_HEADING,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_downloads: u16,
+    /// Largest read-ahead window of a file read sequentially, e.g. 32MiB; 0 turns read-ahead
+    /// off. It grows from one block, doubling with each sequential read.
+    #[arg(long, default_value = "32MiB", value_name = "SIZE", help_heading = TRANSFER_HEADING,
+          value_parser = parse_size)]
+    pub readahead: u64,
+    /// Written data held in memory until it is committed, for all files together, e.g.
+    /// 256MiB; a writer that would go over it first commits its own blocks.
+    #[arg(long, default_value = "256MiB", value_name = "SIZE", help_heading = TRANSFER_HEADING,
+          value_parser = parse_size)]
+    pub write_buffer: u64,
 }
 
 #[derive(Args, Debug, Clone, Default)]

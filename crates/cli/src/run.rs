@@ -540,6 +540,14 @@ fn default_log(name: &str) -> PathBuf {
 }
 
 fn mount_start(a: MountArgs) -> anyhow::Result<()> {
+    if a.transfer.readahead > a.cache_size {
+        bail!(
+            "--readahead {} is larger than --cache-size {}: blocks read ahead wait in the memory \
+             cache, so a window larger than it evicts itself; lower --readahead or raise --cache-size",
+            a.transfer.readahead,
+            a.cache_size
+        );
+    }
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
     let cache = cache_plan(&a.disk_cache, &mountpoint, || {
         default_cache_dirs(&a.volume, &canonical_mountpoint(&mountpoint), |k| {
@@ -578,6 +586,10 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     let cfg = ClientConfig {
         cache_bytes: a.cache_size,
         encryption_key,
+        max_uploads: a.transfer.max_uploads.into(),
+        max_fetches: a.transfer.max_downloads.into(),
+        readahead_bytes: a.transfer.readahead,
+        write_buffer_bytes: a.transfer.write_buffer,
         ..ClientConfig::new(
             RpcConfig {
                 addr: a.meta.clone(),

@@ -210,6 +210,32 @@ fn meta_serve_bad_block_size() {
 }
 
 #[test]
+fn mount_with_bad_transfer_limits() {
+    let dir = test_dir("bad-transfer-limits");
+    let mp = dir.subdir("mnt");
+    let store = StoreArgs::file(&dir.subdir("blocks"));
+    for (flag, value, named) in [
+        ("--max-uploads", "0", "0"),
+        ("--max-downloads", "5000", "5000"),
+        ("--max-downloads", "many", "many"),
+        ("--readahead", "32 parsecs", "32 parsecs"),
+        ("--write-buffer", "-1", "-1"),
+        // Larger than the memory cache (512MiB by default).
+        ("--readahead", "1GiB", "--readahead"),
+    ] {
+        let mut cmd = cairn(&["mount", "start", "testvol"]);
+        cmd.arg(&mp)
+            .args(["--meta", "127.0.0.1:1"])
+            .args(&store.args)
+            .args([flag, value])
+            .env(CACHE_ROOT_VAR, disk_cache_root(&mp));
+        let out = run_with_timeout(&mut cmd, FAST);
+        assert_clean_failure(&out, &[named]);
+        assert!(!is_mounted(&mp));
+    }
+}
+
+#[test]
 fn meta_serve_bad_compression() {
     let dir = test_dir("bad-compression");
     let addr = format!("127.0.0.1:{}", free_port());

@@ -2,7 +2,8 @@
 //! while the object store is down survive a kill -9 of the mount and reach the bucket when the
 //! mount starts again; the disk cache serves reads while the store is down; a mount without
 //! `--cache-dir` has a default folder of its own (`--no-disk-cache`: none); random reads fill
-//! the disk cache with whole blocks in the background, and later reads of them need no bucket.
+//! the disk cache with whole blocks in the background, and later reads of them need no bucket;
+//! `--readahead` bounds how far ahead of a sequential reader blocks are fetched.
 
 mod common;
 
@@ -459,4 +460,62 @@ fn random_reads_fill_the_disk_cache_and_then_need_no_bucket() {
 {log}"
     );
     drop(reader);
+}
+
+/// `--readahead` bounds how far a sequential reader is read ahead of: a cold mount reads the
+/// first three blocks of a 16-block file sequentially (1 MiB reads), and the blocks fetched,
+/// which land in its empty disk cache, are those read (and the next, which the kernel's own
+/// read-ahead may ask for) with `--readahead 0`, and reach four blocks past them, no further,
+/// with `--readahead 16MiB` (four blocks).
+#[test]
+fn readahead_reads_ahead_as_far_as_the_flag_allows() {
+    if !require_fuse() {
+        return;
+    }
+    const BLOCKS: u64 = 16;
+    let c = Cluster::local_folder(bin()).start();
+    let model = random_bytes(12, (BLOCKS * 4 * MIB) as usize);
+    {
+        let f = fs::File::create(c.join("big")).expect("create");
+        use std::io::Write;
+        (&f).write_all(&model).expect("write");
+        f.sync_all().expect("fsync");
+    }
+    for (readahead, fewest, most) in [("0", 3, 4), ("16MiB", 7, 8)] {
+        let mp = c.dir().join(format!("reader-{readahead}"));
+        fs::create_dir(&mp).expect("mkdir");
+        let reader = Mount::start_with(
+            c.bin(),
+            c.volume(),
+            &mp,
+            &c.meta().addr(),
+            c.store_args(),
+            &["--readahead", readahead],
+        );
+        let cache = reader.disk_cache_dir().expect("the reader's disk cache");
+        assert_eq!(
+            cached_blocks(&cache),
+            0,
+            "a fresh mount's disk cache is empty"
+        );
+        let path = reader.path().join("big");
+        let head = model[..(3 * 4 * MIB) as usize].to_vec();
+        within(Duration::from_secs(30), "sequential reads", move || {
+            use std::io::Read;
+            let mut f = fs::File::open(&path).expect("open");
+            let mut got = vec![0u8; head.len()];
+            for chunk in got.chunks_mut(MIB as usize) {
+                f.read_exact(chunk).expect("read");
+            }
+            assert!(got == head, "the first three blocks read back as written");
+        });
+        // Read-ahead runs in the background: give it time to go as far as it will.
+        wait_until(Duration::from_secs(5), || cached_blocks(&cache) >= most);
+        std::thread::sleep(Duration::from_millis(500));
+        let n = cached_blocks(&cache);
+        assert!(
+            (fewest..=most).contains(&n),
+            "--readahead {readahead}: {n} blocks fetched for three blocks read, expected {fewest} to {most}"
+        );
+    }
 }

@@ -61,8 +61,8 @@ pub struct ClientConfig {
     pub cache_bytes: u64,
     /// Most blocks uploading at once, mount-wide.
     pub max_uploads: usize,
-    /// Largest read-ahead window, in blocks.
-    pub max_readahead_blocks: u64,
+    /// Largest read-ahead window of a file, in bytes (rounded up to whole blocks; 0: none).
+    pub readahead_bytes: u64,
     /// Key of an encrypted volume (never sent anywhere).
     pub encryption_key: Option<[u8; 32]>,
     /// Bytes of written blocks held in memory until they are committed, mount-wide: a writer
@@ -82,7 +82,7 @@ impl ClientConfig {
             store,
             cache_bytes: 512 << 20,
             max_uploads: 16,
-            max_readahead_blocks: 8,
+            readahead_bytes: 32 << 20,
             encryption_key: None,
             write_buffer_bytes: 256 << 20,
             max_fetches: 16,
@@ -359,6 +359,7 @@ impl Client {
             BytesWeighter,
         ));
         let buffer_blocks = (cfg.write_buffer_bytes / u64::from(volume.block_size)).max(4) as usize;
+        let max_ra = cfg.readahead_bytes.div_ceil(u64::from(volume.block_size));
         let client = Arc::new(Client {
             rpc,
             store,
@@ -373,7 +374,7 @@ impl Client {
             fetches: Semaphore::new(cfg.max_fetches.max(1)),
             fills: Arc::new(Semaphore::new(DISK_FILLS)),
             filling: StdMutex::default(),
-            max_ra: cfg.max_readahead_blocks,
+            max_ra,
             cache_bytes: cfg.cache_bytes,
             no_caps: StdMutex::default(),
             locked: StdMutex::default(),
