@@ -228,11 +228,11 @@ pub struct TransferArgs {
     #[arg(long, default_value_t = 16, value_name = "N", help_heading = TRANSFER_HEADING,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub max_downloads: u16,
-    /// Largest read-ahead window of a file read sequentially, e.g. 32MiB; 0 turns read-ahead
-    /// off. It grows from one block, doubling with each sequential read.
-    #[arg(long, default_value = "32MiB", value_name = "SIZE", help_heading = TRANSFER_HEADING,
-          value_parser = parse_size)]
-    pub readahead: u64,
+    /// Largest read-ahead window of a file read sequentially, e.g. 64MiB; 0 turns read-ahead
+    /// off. It grows from one block, doubling with each sequential read [default: 32MiB, or
+    /// half of --cache-size if that is less]
+    #[arg(long, value_name = "SIZE", help_heading = TRANSFER_HEADING, value_parser = parse_size)]
+    pub readahead: Option<u64>,
     /// Written data held in memory until it is committed, for all files together, e.g.
     /// 256MiB; a writer that would go over it first commits its own blocks.
     #[arg(long, default_value = "256MiB", value_name = "SIZE", help_heading = TRANSFER_HEADING,

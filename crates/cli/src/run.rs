@@ -539,15 +539,28 @@ fn default_log(name: &str) -> PathBuf {
     PathBuf::from("/var/log/cairn").join(format!("{name}.log"))
 }
 
-fn mount_start(a: MountArgs) -> anyhow::Result<()> {
-    if a.transfer.readahead > a.cache_size {
-        bail!(
-            "--readahead {} is larger than --cache-size {}: blocks read ahead wait in the memory \
-             cache, so a window larger than it evicts itself; lower --readahead or raise --cache-size",
-            a.transfer.readahead,
-            a.cache_size
-        );
+/// A size as a user would write it: in the largest unit that divides it.
+fn show_size(n: u64) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n > 0 && n % (1 << shift) == 0 {
+            return format!("{}{unit}", n >> shift);
+        }
     }
+    format!("{n} bytes")
+}
+
+fn mount_start(a: MountArgs) -> anyhow::Result<()> {
+    let readahead = match a.transfer.readahead {
+        Some(r) if r > a.cache_size => bail!(
+            "--readahead {} is larger than --cache-size {}: blocks read ahead wait in the memory \
+             cache, so a window larger than it evicts itself; lower --readahead or raise \
+             --cache-size",
+            show_size(r),
+            show_size(a.cache_size)
+        ),
+        Some(r) => r,
+        None => (32 << 20).min(a.cache_size / 2),
+    };
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
     let cache = cache_plan(&a.disk_cache, &mountpoint, || {
         default_cache_dirs(&a.volume, &canonical_mountpoint(&mountpoint), |k| {
@@ -588,7 +601,7 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
         encryption_key,
         max_uploads: a.transfer.max_uploads.into(),
         max_fetches: a.transfer.max_downloads.into(),
-        readahead_bytes: a.transfer.readahead,
+        readahead_bytes: readahead,
         write_buffer_bytes: a.transfer.write_buffer,
         ..ClientConfig::new(
             RpcConfig {

@@ -221,7 +221,11 @@ fn mount_with_bad_transfer_limits() {
         ("--readahead", "32 parsecs", "32 parsecs"),
         ("--write-buffer", "-1", "-1"),
         // Larger than the memory cache (512MiB by default).
-        ("--readahead", "1GiB", "--readahead"),
+        (
+            "--readahead",
+            "1GiB",
+            "--readahead 1GiB is larger than --cache-size 512MiB",
+        ),
     ] {
         let mut cmd = cairn(&["mount", "start", "testvol"]);
         cmd.arg(&mp)
