@@ -542,7 +542,7 @@ fn default_log(name: &str) -> PathBuf {
 /// A size as a user would write it: in the largest unit that divides it.
 fn show_size(n: u64) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n > 0 && n % (1 << shift) == 0 {
+        if n > 0 && n.is_multiple_of(1 << shift) {
             return format!("{}{unit}", n >> shift);
         }
     }
