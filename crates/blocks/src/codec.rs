@@ -597,12 +597,13 @@ impl FrameIndex {
 /// A frame that compresses to more than this fraction of its size (7/8) saves too little for
 /// the CPU it costs: it is stored raw (as ZFS keeps a block compressed only if that saves an
 /// eighth), and the next [`POOR_FRAME_SKIP`] frames of the block are stored raw without trying,
-/// then one is tried again. Data of this kind (benchmark buffers, some columnar and media
+/// then one is tried again; each further poor probe in a row doubles the run left untried
+/// (7, 15, 31, ...), and a probe that pays starts over at 7. Data of this kind (benchmark buffers, some columnar and media
 /// formats) would otherwise cost zstd about 5 ms of CPU per MiB to save a few percent of the
 /// bucket, and every read of it a decompression and a copy (raw frames read without a copy).
 const POOR_RATIO: (u64, u64) = (7, 8);
-/// See [`POOR_RATIO`]: probing one frame in eight keeps a block that turns compressible caught
-/// within half a MiB.
+/// See [`POOR_RATIO`]: a 4 MiB block of such data costs four probes, and one that turns
+/// compressible is caught within half a MiB after a single poor frame, 2 MiB at worst.
 const POOR_FRAME_SKIP: usize = 7;
 
 /// Bits per byte above which a frame is stored raw without trying its compressor.
@@ -755,8 +756,10 @@ impl BlockCodec {
         };
         let mut table = Vec::with_capacity(count * ENTRY_LEN);
         let mut body = Vec::with_capacity(raw.len() + count * SEAL_LEN);
-        // Frames left to store raw untried after one that compressed poorly.
+        // Frames left to store raw untried after one that compressed poorly, and how many the
+        // next poor probe leaves.
         let mut untried = 0;
+        let mut skip = POOR_FRAME_SKIP;
         for (i, chunk) in raw.chunks(FRAME_LEN).enumerate() {
             let compressed = match self.compression {
                 Compression::None => None,
@@ -770,8 +773,13 @@ impl BlockCodec {
             };
             let poor =
                 |c: &Vec<u8>| c.len() as u64 * POOR_RATIO.1 > chunk.len() as u64 * POOR_RATIO.0;
-            if compressed.as_ref().is_some_and(poor) {
-                untried = POOR_FRAME_SKIP;
+            match &compressed {
+                Some(c) if poor(c) => {
+                    untried = skip;
+                    skip = skip * 2 + 1;
+                }
+                Some(_) => skip = POOR_FRAME_SKIP,
+                None => {}
             }
             let (flags, payload): (u8, &[u8]) = match &compressed {
                 Some(c) if !c.is_empty() && !poor(c) => (FRAME_COMPRESSED, c),
@@ -1490,6 +1498,33 @@ mod tests {
         let flags: Vec<u8> = (0..11).map(|i| frame_flags(&stored, i)).collect();
         assert_eq!(flags, [0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1]);
         assert_eq!(codec.decode(&stored).unwrap(), raw);
+    }
+
+    #[test]
+    fn poor_probes_in_a_row_leave_longer_runs_untried_and_a_good_one_starts_over() {
+        let poor = |seed| -> Vec<u8> { noise(FRAME_LEN, seed).iter().map(|b| b % 200).collect() };
+        let codec = BlockCodec::new(Compression::Zstd { level: 3 });
+        // Frames 0 and 8 are probed and poor: 15 untried after frame 8, so compressible
+        // frames 9 to 23 are stored raw, and frame 24, the next probe, is compressed.
+        let mut raw = Vec::new();
+        for i in 0..9 {
+            raw.extend(poor(30 + i));
+        }
+        raw.extend(compressible(17 * FRAME_LEN));
+        let stored = codec.encode(&raw);
+        let flags: Vec<u8> = (0..26).map(|i| frame_flags(&stored, i)).collect();
+        let mut want = vec![0u8; 24];
+        want.extend([1, 1]);
+        assert_eq!(flags, want);
+        assert_eq!(codec.decode(&stored).unwrap(), raw);
+        // After that good probe, a poor frame leaves seven untried again.
+        let mut raw2 = raw[..25 * FRAME_LEN].to_vec();
+        raw2.extend(poor(50));
+        raw2.extend(compressible(9 * FRAME_LEN));
+        let stored = codec.encode(&raw2);
+        let flags: Vec<u8> = (24..35).map(|i| frame_flags(&stored, i)).collect();
+        assert_eq!(flags, [1, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(codec.decode(&stored).unwrap(), raw2);
     }
 
     #[test]

@@ -1778,11 +1778,21 @@ impl Client {
                 self.pay_base(ino, &mut inner, index).await?;
             }
             let buf = inner.dirty.get_mut(&index).expect("inserted above");
-            if buf.data.len() < in_off + n {
-                buf.data.resize(in_off + n, 0);
+            let src = &data[(pos - offset) as usize..][..n];
+            if in_off == buf.data.len() {
+                // Appending, the common case: no zeros written first. A large first write is
+                // taken for the start of a whole block, whose room is reserved at once rather
+                // than grown by doubling (each step a copy and fresh pages to fault in).
+                if buf.data.capacity() == 0 && n as u64 >= bs / 4 {
+                    buf.data.reserve_exact(bs as usize);
+                }
+                buf.data.extend_from_slice(src);
+            } else {
+                if buf.data.len() < in_off + n {
+                    buf.data.resize(in_off + n, 0);
+                }
+                buf.data[in_off..in_off + n].copy_from_slice(src);
             }
-            let src = (pos - offset) as usize;
-            buf.data[in_off..in_off + n].copy_from_slice(&data[src..src + n]);
             let full = buf.data.len() as u64 == bs;
             pos += n as u64;
             if full {
