@@ -598,9 +598,10 @@ impl FrameIndex {
 /// the CPU it costs: it is stored raw (as ZFS keeps a block compressed only if that saves an
 /// eighth), and the next [`POOR_FRAME_SKIP`] frames of the block are stored raw without trying,
 /// then one is tried again; each further poor probe in a row doubles the run left untried
-/// (7, 15, 31, ...), and a probe that pays starts over at 7. Data of this kind (benchmark buffers, some columnar and media
-/// formats) would otherwise cost zstd about 5 ms of CPU per MiB to save a few percent of the
-/// bucket, and every read of it a decompression and a copy (raw frames read without a copy).
+/// (7, 15, 31, ...), and a probe that pays ([`PAYING_RATIO`]) starts over at 7. Data of this
+/// kind (benchmark buffers, some columnar and media formats) would otherwise cost zstd about
+/// 5 ms of CPU per MiB to save a few percent of the bucket, and every read of it a
+/// decompression and a copy (raw frames read without a copy).
 const POOR_RATIO: (u64, u64) = (7, 8);
 /// See [`POOR_RATIO`]: a 4 MiB block of such data costs four probes, and one that turns
 /// compressible is caught within half a MiB after a single poor frame, 2 MiB at worst.
@@ -609,6 +610,11 @@ const POOR_FRAME_SKIP: usize = 7;
 /// Data right at the [`POOR_RATIO`] line (fio's buffers: 11-13% per frame) would otherwise keep
 /// every frame probed for a few percent, at three times the CPU of not compressing at all.
 const PAYING_RATIO: (u64, u64) = (3, 4);
+
+/// Whether `compressed` bytes are more than `ratio` (numerator, denominator) of `raw` bytes.
+fn over_ratio(compressed: usize, raw: usize, ratio: (u64, u64)) -> bool {
+    compressed as u64 * ratio.1 > raw as u64 * ratio.0
+}
 
 /// Bits per byte above which a frame is stored raw without trying its compressor.
 const INCOMPRESSIBLE_BITS: f64 = 7.7;
@@ -775,15 +781,12 @@ impl BlockCodec {
                 Compression::Lz4 => Some(lz4_flex::block::compress(chunk)),
                 Compression::Zstd { .. } => zstd.as_mut().and_then(|z| z.compress(chunk).ok()),
             };
-            let poor =
-                |c: &Vec<u8>| c.len() as u64 * POOR_RATIO.1 > chunk.len() as u64 * POOR_RATIO.0;
+            let poor = |c: &Vec<u8>| over_ratio(c.len(), chunk.len(), POOR_RATIO);
             // Probing every frame pays only for data that compresses well; a frame that saves
             // less than a quarter is still kept compressed if it saves an eighth, but the probes
             // go on thinning out as after a poor one.
-            let marginal =
-                |c: &Vec<u8>| c.len() as u64 * PAYING_RATIO.1 > chunk.len() as u64 * PAYING_RATIO.0;
             match &compressed {
-                Some(c) if marginal(c) => {
+                Some(c) if over_ratio(c.len(), chunk.len(), PAYING_RATIO) => {
                     untried = skip;
                     skip = skip * 2 + 1;
                 }

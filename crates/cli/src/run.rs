@@ -559,7 +559,7 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
             show_size(a.cache_size)
         ),
         Some(r) => r,
-        None => (32 << 20).min(a.cache_size / 2),
+        None => cairn_client::DEFAULT_READAHEAD.min(a.cache_size / 2),
     };
     let mountpoint = std::path::absolute(&a.mountpoint).unwrap_or(a.mountpoint.clone());
     let cache = cache_plan(&a.disk_cache, &mountpoint, || {

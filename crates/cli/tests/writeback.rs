@@ -70,6 +70,17 @@ fn check_files(root: &Path, hashes: &[String], when: &str) {
     }
 }
 
+/// Writes `len` random bytes of `seed` to `path`, fsync'd, and returns them (the model of the
+/// file).
+fn write_model(path: &Path, seed: u64, len: u64) -> Vec<u8> {
+    use std::io::Write;
+    let model = random_bytes(seed, len as usize);
+    let f = fs::File::create(path).expect("create");
+    (&f).write_all(&model).expect("write");
+    f.sync_all().expect("fsync");
+    model
+}
+
 /// Files of the writeback folder of a disk cache: blocks not uploaded yet.
 fn staged(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -385,13 +396,7 @@ fn random_reads_fill_the_disk_cache_and_then_need_no_bucket() {
     }
     const BLOCKS: u64 = 6;
     let mut c = Cluster::s3(bin()).start();
-    let model = random_bytes(11, (BLOCKS * 4 * MIB) as usize);
-    {
-        let f = fs::File::create(c.join("big")).expect("create");
-        use std::io::Write;
-        (&f).write_all(&model).expect("write");
-        f.sync_all().expect("fsync");
-    }
+    let model = write_model(&c.join("big"), 11, BLOCKS * 4 * MIB);
     // Another mount, whose disk cache is empty, with a memory cache smaller than the file.
     let mp = c.dir().join("reader");
     fs::create_dir(&mp).expect("mkdir");
@@ -474,13 +479,7 @@ fn readahead_reads_ahead_as_far_as_the_flag_allows() {
     }
     const BLOCKS: u64 = 16;
     let c = Cluster::local_folder(bin()).start();
-    let model = random_bytes(12, (BLOCKS * 4 * MIB) as usize);
-    {
-        let f = fs::File::create(c.join("big")).expect("create");
-        use std::io::Write;
-        (&f).write_all(&model).expect("write");
-        f.sync_all().expect("fsync");
-    }
+    let model = write_model(&c.join("big"), 12, BLOCKS * 4 * MIB);
     for (readahead, fewest, most) in [("0", 3, 4), ("16MiB", 7, 8)] {
         let mp = c.dir().join(format!("reader-{readahead}"));
         fs::create_dir(&mp).expect("mkdir");

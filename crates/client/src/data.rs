@@ -50,6 +50,10 @@ use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+/// Default largest read-ahead window of a file: deep enough to keep a fast store busy for one
+/// sequential reader, small enough that a few readers fit in the default memory cache.
+pub const DEFAULT_READAHEAD: u64 = 32 << 20;
+
 /// Settings of a mount client.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
@@ -62,6 +66,7 @@ pub struct ClientConfig {
     /// Most blocks uploading at once, mount-wide.
     pub max_uploads: usize,
     /// Largest read-ahead window of a file, in bytes (rounded up to whole blocks; 0: none).
+    /// [`DEFAULT_READAHEAD`] unless set.
     pub readahead_bytes: u64,
     /// Key of an encrypted volume (never sent anywhere).
     pub encryption_key: Option<[u8; 32]>,
@@ -82,7 +87,7 @@ impl ClientConfig {
             store,
             cache_bytes: 512 << 20,
             max_uploads: 16,
-            readahead_bytes: 32 << 20,
+            readahead_bytes: DEFAULT_READAHEAD,
             encryption_key: None,
             write_buffer_bytes: 256 << 20,
             max_fetches: 16,

@@ -15,4 +15,4 @@ pub mod data;
 pub mod listings;
 pub mod rpc;
 
-pub use data::{Client, ClientConfig, Opened};
+pub use data::{Client, ClientConfig, Opened, DEFAULT_READAHEAD};
