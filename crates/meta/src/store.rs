@@ -56,9 +56,14 @@
 //! access: it holds the log mutex, under which the active table cannot change, and its own
 //! clone of `frozen`, so it never holds the lock while its closure runs.
 //!
+//! The locks are `parking_lot`'s, which hand themselves to a thread that has waited long
+//! (eventual fairness; a full checkpoint hands the log mutex to waiting commits at once): with
+//! `std`'s, a thread that re-locks in a loop (back-to-back commits, or a checkpoint loop) could
+//! keep the log mutex from a waiting one for seconds.
+//!
 //! Lock order: the checkpoint mutex, then the log mutex, then the memtable lock. A closure given
 //! to [`MetaStore::read`] must not commit (the commit's merge would wait for the reader's own
-//! lock) nor read again (`std`'s `RwLock` queues a new reader behind a waiting writer).
+//! lock) nor read again (the `RwLock` queues a new reader behind a waiting writer).
 //!
 //! **Backups** ([`MetaStore::backup_to`]) run a periodic checkpoint and, still holding the
 //! checkpoint mutex, begin a redb read transaction. Only checkpoints write redb in logged mode,
@@ -70,11 +75,12 @@
 use crate::keys;
 use crate::memtable::{self, MemTable, Writes, EMPTY};
 use crate::redo::{self, RedoLog};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::cell::OnceCell;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A failure of the storage engine itself (not of a filesystem rule).
@@ -320,22 +326,6 @@ const MEMTABLE_MAX_ENTRIES: usize = 200_000;
 /// checkpoint.
 const MEMTABLE_MAX_BYTES: usize = 16 << 20;
 
-/// Lock a mutex, ignoring poisoning: a panic in a commit's closure happens before anything is
-/// appended, and no code holding these locks panics half-way through a change.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Read-lock, ignoring poisoning as [`lock`] does.
-fn read<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    m.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Write-lock, ignoring poisoning as [`lock`] does.
-fn write<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    m.write().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 impl RedbStore {
     /// Open or create the database at `path`, without a redo log (for copies: backups and
     /// checks). With `sync`, every commit is fsync'd before it returns; without, commits are
@@ -424,7 +414,7 @@ impl RedbStore {
         };
         match kind {
             Checkpoint::Periodic => {
-                let _running = lock(&lg.checkpointing);
+                let _running = lg.checkpointing.lock();
                 self.checkpoint_periodic(lg)
             }
             Checkpoint::Full => self.checkpoint_full(lg, true),
@@ -436,7 +426,7 @@ impl RedbStore {
         let Some(lg) = &self.log else {
             return MemUsage::default();
         };
-        let m = read(&lg.mem);
+        let m = lg.mem.read();
         let frozen = m.frozen.as_ref().map(|f| &*f.table);
         MemUsage {
             entries: m.active.len() + frozen.map_or(0, MemTable::len),
@@ -516,10 +506,10 @@ impl RedbStore {
         durable: bool,
         f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut l = lock(&lg.log);
+        let mut l = lg.log.lock();
         // Checked under the log mutex, so a commit that waited behind a failed sync sees it.
         self.check_usable()?;
-        let frozen = read(&lg.mem).frozen.as_ref().map(|f| f.table.clone());
+        let frozen = lg.mem.read().frozen.as_ref().map(|f| f.table.clone());
         let mut w = LoggedWrite {
             mem: &lg.mem,
             frozen,
@@ -542,7 +532,7 @@ impl RedbStore {
             self.sync_log(&mut l)?;
         }
         let (entries, bytes) = {
-            let mut m = write(&lg.mem);
+            let mut m = lg.mem.write();
             m.active.merge(writes);
             (m.active.len(), m.active.bytes())
         };
@@ -556,12 +546,7 @@ impl RedbStore {
             }
         } else if entries >= MEMTABLE_MAX_ENTRIES || bytes >= MEMTABLE_MAX_BYTES {
             // If a checkpoint is running already, the next commit checks again after it.
-            let running = match lg.checkpointing.try_lock() {
-                Ok(g) => Some(g),
-                Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(_running) = running {
+            if let Some(_running) = lg.checkpointing.try_lock() {
                 if let Err(e) = self.checkpoint_periodic(lg) {
                     tracing::warn!("checkpoint of a full memtable failed (will retry): {e}");
                 }
@@ -588,8 +573,8 @@ impl RedbStore {
     /// holds, freezing the active table unless one is frozen already (then `true`: it is a
     /// retry). `None` if the memtable is empty.
     fn freeze(lg: &Logged) -> Option<(Arc<MemTable>, u64, bool)> {
-        let mut l = lock(&lg.log);
-        let mut m = write(&lg.mem);
+        let mut l = lg.log.lock();
+        let mut m = lg.mem.write();
         l.last_checkpoint = Instant::now();
         if let Some(f) = &m.frozen {
             return Some((f.table.clone(), f.upto, true));
@@ -609,8 +594,8 @@ impl RedbStore {
     /// Step 3 of a periodic checkpoint, after redb's commit of the frozen table: drop it, and
     /// start the log over if it holds nothing newer.
     fn thaw(lg: &Logged, upto: u64) {
-        let mut l = lock(&lg.log);
-        write(&lg.mem).frozen = None;
+        let mut l = lg.log.lock();
+        lg.mem.write().frozen = None;
         if l.log.last_seq() == upto {
             l.log.restart(upto + 1);
         }
@@ -619,26 +604,32 @@ impl RedbStore {
     /// A full checkpoint; with `force` false, only if the log is still full when its turn
     /// comes (another commit's may have run first).
     fn checkpoint_full(&self, lg: &Logged, force: bool) -> Result<(), StoreError> {
-        let _running = lock(&lg.checkpointing);
-        let mut l = lock(&lg.log);
+        let _running = lg.checkpointing.lock();
+        let mut l = lg.log.lock();
         if !force && l.log.len() < CHECKPOINT_BYTES {
             return Ok(());
         }
         let upto = l.log.last_seq();
         {
             // Nothing else can change the memtable meanwhile: commits wait for the log mutex
-            // and periodic checkpoints for `checkpointing`; readers go on.
-            let m = read(&lg.mem);
+            // and periodic checkpoints for `checkpointing`; readers go on. An empty memtable
+            // means redb holds every record already: the log is just started over.
+            let m = lg.mem.read();
             let frozen = m.frozen.as_ref().map_or(&EMPTY, |f| f.table.rows());
-            self.apply(&[frozen, m.active.rows()], upto)?;
+            if !frozen.is_empty() || !m.active.is_empty() {
+                self.apply(&[frozen, m.active.rows()], upto)?;
+            }
         }
         {
-            let mut m = write(&lg.mem);
+            let mut m = lg.mem.write();
             m.frozen = None;
             m.active = MemTable::new();
         }
         l.log.restart(upto + 1);
         l.last_checkpoint = Instant::now();
+        // Commits have waited for a whole redb commit: they go next, ahead of anyone who would
+        // barge in (another checkpoint from a tight loop would otherwise starve them).
+        MutexGuard::unlock_fair(l);
         Ok(())
     }
 
@@ -687,7 +678,7 @@ impl Drop for RedbStore {
                 "final checkpoint of the metadata database failed; the redo log is replayed at \
                  the next start: {e}"
             );
-            let _ = lock(&lg.log).log.sync();
+            let _ = lg.log.lock().log.sync();
         }
     }
 }
@@ -852,7 +843,7 @@ impl LoggedWrite<'_> {
     /// Run `f` over the commit's layers, newest first: its own writes, the active memtable (read
     /// lock held only for the call), the frozen one as the commit began.
     fn with_layers<R>(&self, f: impl FnOnce(&[&Writes]) -> R) -> R {
-        let m = read(self.mem);
+        let m = self.mem.read();
         let frozen = self.frozen.as_deref().map_or(&EMPTY, MemTable::rows);
         f(&[&self.writes, m.active.rows(), frozen])
     }
@@ -894,7 +885,7 @@ impl MetaStore for RedbStore {
             return f(&txn);
         };
         // The lock rule: the memtable's read lock first and for the whole read.
-        let m = read(&lg.mem);
+        let m = lg.mem.read();
         let base = Snapshot::new(&self.db);
         let frozen = m.frozen.as_ref().map_or(&EMPTY, |f| f.table.rows());
         let layers = [m.active.rows(), frozen];
@@ -918,15 +909,15 @@ impl MetaStore for RedbStore {
     fn flush(&self) -> Result<(), StoreError> {
         if let Some(lg) = &self.log {
             let due = {
-                let mut l = lock(&lg.log);
+                let mut l = lg.log.lock();
                 self.check_usable()?;
                 self.sync_log(&mut l)?;
-                let m = read(&lg.mem);
+                let m = lg.mem.read();
                 (!m.active.is_empty() || m.frozen.is_some())
                     && l.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
             };
             if due {
-                let _running = lock(&lg.checkpointing);
+                let _running = lg.checkpointing.lock();
                 self.checkpoint_periodic(lg)?;
             }
             return Ok(());
@@ -944,7 +935,7 @@ impl MetaStore for RedbStore {
     fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
         let src = match &self.log {
             Some(lg) => {
-                let _running = lock(&lg.checkpointing);
+                let _running = lg.checkpointing.lock();
                 self.checkpoint_periodic(lg)?;
                 self.db.begin_read()?
             }
@@ -1022,7 +1013,7 @@ mod tests {
         put(&s, "c", "frozen");
         put(&s, "e", "frozen");
         let lg = s.log.as_ref().unwrap();
-        let running = lock(&lg.checkpointing);
+        let running = lg.checkpointing.lock();
         let (table, upto, retry) = RedbStore::freeze(lg).unwrap();
         assert!(!retry);
         // Active: a deleted, b back, e deleted.
@@ -1077,7 +1068,7 @@ mod tests {
         put(&s, "b", "frozen");
         let lg = s.log.as_ref().unwrap();
         {
-            let _running = lock(&lg.checkpointing);
+            let _running = lg.checkpointing.lock();
             RedbStore::freeze(lg).unwrap();
         }
         put(&s, "a", "active");
@@ -1090,6 +1081,6 @@ mod tests {
         s.checkpoint(Checkpoint::Periodic).unwrap();
         assert_eq!(in_db(&s), "a=active b=frozen");
         assert_eq!(s.memtable_usage(), MemUsage::default());
-        assert_eq!(s.checkpoint_seq().unwrap(), lock(&lg.log).log.last_seq());
+        assert_eq!(s.checkpoint_seq().unwrap(), lg.log.lock().log.last_seq());
     }
 }

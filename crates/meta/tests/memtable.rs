@@ -4,7 +4,7 @@
 use cairn_meta::keys;
 use cairn_meta::store::{Checkpoint, MetaStore, Pairs, RedbStore, StoreError, Table};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 const T: Table = Table::Xattrs;
@@ -188,17 +188,31 @@ fn a_backup_holds_the_memtable_and_a_consistent_cut() {
 /// One thread commits numbered keys (a pair per commit, and one moving key whose older copies
 /// are deleted), another runs checkpoints of both kinds in a loop, a third reads. Every read is
 /// a consistent snapshot: commits are seen whole and in order, and what was seen once is never
-/// missing later.
+/// missing later. The writer goes on past `N` commits until both others have made some
+/// rounds (at least one full checkpoint among them), so the three overlap however the threads
+/// are scheduled.
 #[test]
 fn commits_checkpoints_and_reads_at_once_stay_consistent() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(logged(dir.path(), false));
     let done = Arc::new(AtomicBool::new(false));
+    // Rounds made by the checkpointer and the reader, for the writer to wait for.
+    let rounds = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
     const N: u32 = 1500;
+    const MAX: u32 = 100_000;
     let writer = {
-        let s = s.clone();
+        let (s, rounds) = (s.clone(), rounds.clone());
         std::thread::spawn(move || {
-            for i in 0..N {
+            for i in 0.. {
+                let behind = rounds[0].load(Ordering::Acquire) < 16
+                    || rounds[1].load(Ordering::Acquire) < 16;
+                if i >= N && !behind {
+                    return i;
+                }
+                assert!(
+                    i < MAX,
+                    "{MAX} commits while checkpoints and reads made {rounds:?}"
+                );
                 s.write(|t| {
                     t.put(T, &key("a", i), b"1")?;
                     t.put(T, &key("b", i), b"1")?;
@@ -209,10 +223,11 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
                 })
                 .unwrap();
             }
+            unreachable!()
         })
     };
     let checkpointer = {
-        let (s, done) = (s.clone(), done.clone());
+        let (s, done, rounds) = (s.clone(), done.clone(), rounds.clone());
         std::thread::spawn(move || {
             let mut n = 0u32;
             while !done.load(Ordering::Acquire) {
@@ -223,12 +238,13 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
                 };
                 s.checkpoint(kind).unwrap();
                 n += 1;
+                rounds[0].store(n, Ordering::Release);
             }
             n
         })
     };
     let reader = {
-        let (s, done) = (s.clone(), done.clone());
+        let (s, done, rounds) = (s.clone(), done.clone(), rounds.clone());
         std::thread::spawn(move || {
             let mut seen = 0usize;
             let mut reads = 0u32;
@@ -259,19 +275,20 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
                 assert!(n >= seen, "{seen} keys seen, then only {n}");
                 seen = n;
                 reads += 1;
+                rounds[1].store(reads, Ordering::Release);
                 if finished {
                     return (seen, reads);
                 }
             }
         })
     };
-    writer.join().unwrap();
+    let written = writer.join().unwrap();
     done.store(true, Ordering::Release);
     let checkpoints = checkpointer.join().unwrap();
     let (seen, reads) = reader.join().unwrap();
-    assert_eq!(seen, N as usize);
+    assert_eq!(seen, written as usize);
     assert!(
-        checkpoints > 1 && reads > 1,
+        checkpoints >= 16 && reads >= 16,
         "{checkpoints} checkpoints, {reads} reads"
     );
 }
