@@ -52,6 +52,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::error::BlockError;
+use crate::store::off_runtime as blocking;
 
 const MARKER: &str = "CAIRN-CACHE";
 const MARKER_TEXT: &str = "cairn block cache, format 1: see crates/blocks/src/cache.rs\n";
@@ -287,17 +288,6 @@ fn fs_space(dir: &Path) -> io::Result<Space> {
         avail: u64::from(st.f_bavail).saturating_mul(unit),
         total: u64::from(st.f_blocks).saturating_mul(unit),
     })
-}
-
-/// Runs file I/O on the blocking pool.
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(e) => panic!("disk cache task did not run: {e}"),
-        },
-    }
 }
 
 fn closed() -> io::Error {

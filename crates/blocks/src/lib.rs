@@ -38,4 +38,4 @@ pub use cache::{CacheConfig, CacheUsage, CachedRange, DiskCache};
 pub use codec::{BlockCodec, CodecError, Compression, ParseCompressionError};
 pub use error::BlockError;
 pub use key::BlockKey;
-pub use store::{BlockStore, Part, StoreConfig};
+pub use store::{with_inline_blocking, BlockStore, Part, StoreConfig};

@@ -61,6 +61,7 @@
 //!   has a copy, so that a caller can fetch whole blocks for the cache in the background.
 //! - `delete` drops the cached or staged copy too.
 
+use std::cell::Cell;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -158,15 +159,36 @@ pub enum Part {
     Whole(Bytes),
 }
 
-/// Runs CPU-heavy codec work off the async threads.
-async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+thread_local! {
+    /// Blocking work may run on this thread itself (set by [`with_inline_blocking`]).
+    static INLINE_BLOCKING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with the blocking work of the block store that it starts (the disk cache's file I/O,
+/// block decoding) done on this thread, instead of handed to the runtime's blocking pool. For
+/// threads that exist to wait (FUSE threads), never for a runtime's workers: a random read
+/// served from the disk cache otherwise wakes two more threads (the pool's, then a worker to
+/// resume the request), which on a small virtual machine cost more than the read itself.
+pub fn with_inline_blocking<R>(f: impl FnOnce() -> R) -> R {
+    let before = INLINE_BLOCKING.replace(true);
+    let out = f();
+    INLINE_BLOCKING.set(before);
+    out
+}
+
+/// Runs blocking work (file I/O, CPU-heavy codec work) off the async threads: on this thread
+/// inside [`with_inline_blocking`], else on the runtime's blocking pool.
+pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    if INLINE_BLOCKING.get() {
+        return work();
+    }
     match tokio::task::spawn_blocking(work).await {
         Ok(value) => value,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             // Only when the runtime shuts down before the task starts; the caller's own task
             // is being dropped then too.
-            Err(e) => panic!("block codec task did not run: {e}"),
+            Err(e) => panic!("blocking task did not run: {e}"),
         },
     }
 }

@@ -15,4 +15,7 @@ pub mod data;
 pub mod listings;
 pub mod rpc;
 
+/// For the FUSE adapter, which runs a request's first poll on its own thread: that thread may
+/// do the block store's blocking work itself.
+pub use cairn_blocks::with_inline_blocking;
 pub use data::{Client, ClientConfig, Opened, DEFAULT_READAHEAD};
