@@ -752,7 +752,7 @@ fn up(a: UpArgs) -> anyhow::Result<()> {
         volume: VolumeInfo {
             name: "default".into(),
             block_size: 4 << 20,
-            compression: "zstd".into(),
+            compression: DEFAULT_COMPRESSION.into(),
             encrypted: false,
         },
         sync: true,
