@@ -42,7 +42,6 @@ use std::io::{self, Read, Seek, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -290,6 +289,40 @@ fn fs_space(dir: &Path) -> io::Result<Space> {
     })
 }
 
+/// `len` bytes of `file` at `offset`, read into a new buffer without zeroing it first (a random
+/// read from the cache reads a 64 KiB frame for a 4 KiB answer: zeroing it cost as much as the
+/// checksum). Fails with `UnexpectedEof` if the file ends first.
+fn read_exact_at_fresh(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
+    let mut buf: Vec<u8> = Vec::with_capacity(len);
+    while buf.len() < len {
+        let done = buf.len();
+        let spare = &mut buf.spare_capacity_mut()[..len - done];
+        // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare capacity,
+        // which is valid for writes of that many bytes; `set_len` below only counts the bytes
+        // pread reports as written.
+        let n = unsafe {
+            libc::pread(
+                file.as_raw_fd(),
+                spare.as_mut_ptr().cast(),
+                spare.len(),
+                (offset + done as u64) as libc::off_t,
+            )
+        };
+        match n {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n if n < 0 => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+            // SAFETY: the first `done + n` bytes are initialized (see above).
+            n => unsafe { buf.set_len(done + n as usize) },
+        }
+    }
+    Ok(buf)
+}
+
 fn closed() -> io::Error {
     io::Error::other("the disk cache was closed")
 }
@@ -507,8 +540,7 @@ impl DiskCache {
             let file_len = file.metadata()?.len();
             let end = range.end.min(file_len);
             let start = range.start.min(end);
-            let mut buf = vec![0u8; (end - start) as usize];
-            file.read_exact_at(&mut buf, start)?;
+            let buf = read_exact_at_fresh(&file, (end - start) as usize, start)?;
             Ok((Bytes::from(buf), file_len))
         };
         let ((bytes, file_len), staged) = self.read_entry(path, read).await?;
@@ -846,6 +878,27 @@ mod tests {
 
     fn bytes(n: usize, fill: u8) -> Bytes {
         Bytes::from(vec![fill; n])
+    }
+
+    #[test]
+    fn reads_at_an_offset_without_zeroing_and_refuses_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        fs::write(&path, &data).unwrap();
+        let file = File::open(&path).unwrap();
+        for (len, at) in [
+            (0, 0),
+            (1, 0),
+            (65_536, 4_096),
+            (100_000, 99_999),
+            (1, 199_999),
+        ] {
+            let got = read_exact_at_fresh(&file, len, at as u64).unwrap();
+            assert_eq!(got, &data[at..at + len], "{len} bytes at {at}");
+        }
+        let e = read_exact_at_fresh(&file, 10, 199_995).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[test]
