@@ -137,7 +137,7 @@ pub struct ServeArgs {
     /// the unlinked files it kept open are freed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub session_timeout: std::time::Duration,
-    /// Take scheduled online backups into this folder (as meta-<time>.redb).
+    /// Take scheduled online backups into this folder (as meta-TIME.redb).
     #[arg(long)]
     pub backup_dir: Option<PathBuf>,
     /// With --backup-dir: time between backups.
@@ -194,7 +194,7 @@ pub struct MountArgs {
     /// Stay in the foreground (logs to stderr unless --log-file).
     #[arg(long)]
     pub foreground: bool,
-    /// Log file [default: /var/log/cairn/mount-<volume>.log when in the background].
+    /// Log file [default: /var/log/cairn/mount-VOLUME.log when in the background].
     #[arg(long)]
     pub log_file: Option<PathBuf>,
     /// Mount over a non-empty directory.

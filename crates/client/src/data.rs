@@ -1,6 +1,6 @@
 //! The client core: namespace calls, and the write buffer and read path of file contents.
 //!
-//! Per inode, a mount keeps one [`FileState`] while the file is open here:
+//! Per inode, a mount keeps one `FileState` while the file is open here:
 //! - `dirty`: blocks changed by writes, not yet uploaded (whole-block buffers; a partial write to
 //!   a block that has data needs the block's old bytes, so that an upload always carries the
 //!   whole block: a write that starts mid-block reads them at once, one that starts at the

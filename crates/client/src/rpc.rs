@@ -20,14 +20,14 @@
 //! 1. A request that was not wholly written, or whose answer had begun to arrive (so the server
 //!    has applied it and stored its outcome) when the lane broke, goes again on the multiplexed
 //!    path with the same sequence number: the server answers it once.
-//! 2. A request written whole but not answered within [`LANE_WAIT`] is never sent again while the
+//! 2. A request written whole but not answered within `LANE_WAIT` is never sent again while the
 //!    lane lives: its answer is awaited on the same connection, off the FUSE thread (the rest of
 //!    the request runs as a task). Sending it on another connection then could let the first copy,
 //!    still on its way, run after its outcome was forgotten, and apply it twice.
 //! 3. A lane that broke, timed out or was refused stops lanes of this client for a backoff
 //!    (1 s, doubling to 30 s, reset by a lane call that works), as does a lost multiplexed
 //!    connection or a session the server no longer knows: a server outage holds a FUSE thread
-//!    for at most one short connect or [`LANE_WAIT`], not once per request.
+//!    for at most one short connect or `LANE_WAIT`, not once per request.
 //! 4. Lanes connect to the address the multiplexed connection reached (no name resolution on a
 //!    FUSE thread) and attach to its session; they never open one.
 

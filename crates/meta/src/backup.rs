@@ -21,7 +21,7 @@ use anyhow::{bail, Context};
 use cairn_proto::*;
 use std::path::{Path, PathBuf};
 
-/// What [`verify`] found.
+/// What the `verify_*` functions found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct VerifyReport {
     /// The volume's name.

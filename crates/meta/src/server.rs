@@ -6,11 +6,11 @@
 //! 2. Every later frame is one request, answered with the same request id, in completion order.
 //!    Point reads (lookup, getattr, ...) are answered on the connection task itself, mutations
 //!    by the committer thread, other reads on the blocking pool. Whoever has the answer writes
-//!    it to the socket ([`ReplySink`]): no hop through another task on the way out.
+//!    it to the socket (`ReplySink`): no hop through another task on the way out.
 //! 3. A malformed frame closes the connection (the client reconnects and resends); it never takes
 //!    the server down.
 //!
-//! Mutations go through one committer thread ([`committer`]): it takes every mutation waiting,
+//! Mutations go through one committer thread (`committer`): it takes every mutation waiting,
 //! runs each in its own overlay (so a failed one leaves no trace), stores each answer under
 //! (session, seq) in `Outcomes`, and commits the batch as one transaction with one fsync (group
 //! commit). A mutation that arrives again with a (session, seq) already answered gets the stored

@@ -73,7 +73,7 @@ fn spawn_from_keeper(cmd: Command) -> std::io::Result<Child> {
 /// A child process started by a test, its stdout and stderr appended to a log file.
 ///
 /// Drop sends SIGKILL and reaps it. The child gets `PR_SET_PDEATHSIG(SIGKILL)` (see
-/// [`spawn_from_keeper`]), so it also dies when the test binary dies.
+/// `spawn_from_keeper`), so it also dies when the test binary dies.
 pub struct Proc {
     name: String,
     child: Child,
