@@ -15,7 +15,12 @@ pub mod data;
 pub mod listings;
 pub mod rpc;
 
-/// For the FUSE adapter, which runs a request's first poll on its own thread: that thread may
-/// do the block store's blocking work itself.
-pub use cairn_blocks::with_inline_blocking;
 pub use data::{Client, ClientConfig, Opened, DEFAULT_READAHEAD};
+
+/// Run `f` as a thread that exists to wait (a FUSE thread running a request's first poll): its
+/// metadata calls go over the thread's own connection ([`rpc::with_thread_lane`]) and the block
+/// store's blocking work runs on it ([`cairn_blocks::with_inline_blocking`]), so an answer that
+/// needs one round trip or one cached block wakes no other thread.
+pub fn on_waiting_thread<R>(f: impl FnOnce() -> R) -> R {
+    rpc::with_thread_lane(|| cairn_blocks::with_inline_blocking(f))
+}

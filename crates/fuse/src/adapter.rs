@@ -157,13 +157,12 @@ impl CairnFuse {
         self.rt.spawn(self.task(op, ino, f));
     }
 
-    /// Start a request on this FUSE thread: its first poll runs here, with the
-    /// metadata calls it makes going over this thread's own blocking connection
-    /// ([`cairn_client::rpc::with_thread_lane`]), and its disk cache reads and block decoding done
-    /// here too ([`cairn_client::with_inline_blocking`]), so a request that needs one round
-    /// trip or one cached block is answered without waking any other thread. Whatever is not done after that poll (a lock
-    /// to wait for, a block to fetch, a lane that failed) goes on as a task on the runtime,
-    /// which polls it again with a real waker. So a read served from memory, or a write that only
+    /// Start a request on this FUSE thread: its first poll runs here, as a thread that may wait
+    /// ([`cairn_client::on_waiting_thread`]: its metadata calls and disk cache reads are done
+    /// here), so a request that needs one round trip or one cached block is answered without
+    /// waking any other thread. Whatever is not done after that poll (a lock to wait for, a
+    /// block to fetch, a lane that failed) goes on as a task on the runtime, which polls it
+    /// again with a real waker. So a read served from memory, or a write that only
     /// copies into the file's buffer, is answered by the thread that received it. Not for
     /// requests that mostly wait (fsync, lock waits): a FUSE thread must not spend long on one
     /// request while others queue behind it.
@@ -177,9 +176,7 @@ impl CairnFuse {
         let mut fut = Box::pin(self.task(op, ino, f));
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let first = cairn_client::rpc::with_thread_lane(|| {
-            cairn_client::with_inline_blocking(|| fut.as_mut().poll(&mut cx))
-        });
+        let first = cairn_client::on_waiting_thread(|| fut.as_mut().poll(&mut cx));
         if first.is_pending() {
             self.rt.spawn(fut);
         }

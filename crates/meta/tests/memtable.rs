@@ -200,19 +200,14 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
     let rounds = Arc::new([AtomicU32::new(0), AtomicU32::new(0)]);
     const N: u32 = 1500;
     const MAX: u32 = 100_000;
+    const ROUNDS: u32 = 16;
     let writer = {
         let (s, rounds) = (s.clone(), rounds.clone());
         std::thread::spawn(move || {
-            for i in 0.. {
-                let behind = rounds[0].load(Ordering::Acquire) < 16
-                    || rounds[1].load(Ordering::Acquire) < 16;
-                if i >= N && !behind {
+            for i in 0..MAX {
+                if i >= N && rounds.iter().all(|r| r.load(Ordering::Acquire) >= ROUNDS) {
                     return i;
                 }
-                assert!(
-                    i < MAX,
-                    "{MAX} commits while checkpoints and reads made {rounds:?}"
-                );
                 s.write(|t| {
                     t.put(T, &key("a", i), b"1")?;
                     t.put(T, &key("b", i), b"1")?;
@@ -223,7 +218,7 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
                 })
                 .unwrap();
             }
-            unreachable!()
+            panic!("{MAX} commits while checkpoints and reads made {rounds:?}")
         })
     };
     let checkpointer = {
@@ -288,7 +283,7 @@ fn commits_checkpoints_and_reads_at_once_stay_consistent() {
     let (seen, reads) = reader.join().unwrap();
     assert_eq!(seen, written as usize);
     assert!(
-        checkpoints >= 16 && reads >= 16,
+        checkpoints >= ROUNDS && reads >= ROUNDS,
         "{checkpoints} checkpoints, {reads} reads"
     );
 }
