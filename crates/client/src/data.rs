@@ -39,6 +39,7 @@
 //! again at every read, keep random reads of a large file at the bucket's latency.
 
 use crate::listings::{Known, Listings};
+use crate::page_fill::{PageFill, PageFills};
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
 use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, Part, StoreConfig};
@@ -103,6 +104,49 @@ pub struct Opened {
     /// The file is as this mount last saw it (same mtime, ctime and size as at its last open
     /// or commit here): the kernel's cached pages of it are still right and may be kept.
     pub unchanged: bool,
+}
+
+/// The answer to a read.
+#[derive(Debug)]
+pub struct ReadData {
+    /// The bytes read (fewer than asked for at the end of the file).
+    pub data: Bytes,
+    /// More of the file around them that the kernel may cache ([`crate::page_fill`]).
+    pub fill: Option<PageFill>,
+}
+
+impl From<Bytes> for ReadData {
+    fn from(data: Bytes) -> Self {
+        ReadData { data, fill: None }
+    }
+}
+
+/// Of `data`, bytes `[data_at, data_at + len)` of the file: the whole frames around the part
+/// of `read` they hold, within the file's `size`; None when that is no more than the read.
+fn frames_around(
+    data_at: u64,
+    data: &Bytes,
+    read: std::ops::Range<u64>,
+    size: u64,
+) -> Option<(u64, Bytes)> {
+    let data_end = data_at + data.len() as u64;
+    let (from, to) = (read.start.max(data_at), read.end.min(data_end));
+    if from >= to {
+        return None;
+    }
+    let lo = (from / FRAME * FRAME).max(data_at);
+    let hi = to
+        .div_ceil(FRAME)
+        .saturating_mul(FRAME)
+        .min(data_end)
+        .min(size);
+    if lo >= hi || (lo >= read.start && hi <= read.end) {
+        return None;
+    }
+    Some((
+        lo,
+        data.slice((lo - data_at) as usize..(hi - data_at) as usize),
+    ))
 }
 
 type UploadResult = Result<BlockRef, RpcError>;
@@ -242,6 +286,8 @@ pub struct Client {
     /// Closes not yet sent to the server, and the wake-up of their sender.
     releases: StdMutex<Vec<Ino>>,
     release_wake: Arc<tokio::sync::Notify>,
+    /// What random reads may hand the kernel's page cache, and when ([`crate::page_fill`]).
+    page_fills: Arc<PageFills>,
 }
 
 /// Attributes of directories as this mount's last change in them left them. The kernel drops its
@@ -389,6 +435,7 @@ impl Client {
             commits: Default::default(),
             releases: StdMutex::default(),
             release_wake: Arc::default(),
+            page_fills: Arc::default(),
         });
         tokio::spawn(Self::release_loop(Arc::downgrade(&client)));
         tokio::spawn(Self::flush_loop(Arc::downgrade(&client)));
@@ -475,7 +522,11 @@ impl Client {
     /// stood at `before`: while the file has uncommitted changes, and also when one of its
     /// commits landed after the request went out (the server's answer may predate it; handing
     /// the kernel that older, shorter size would put the next O_APPEND write over the last one).
+    ///
+    /// Attributes that will tell the kernel another size than the one this mount reads the open
+    /// file with (another mount changed it) first stop page fills of the older bytes.
     async fn overlay(&self, mut attr: Attr, before: u64) -> Attr {
+        let mut other_size = false;
         if let Some(f) = self.file(attr.ino) {
             let inner = f.inner.lock().await;
             if inner.changed || inner.last_commit > before {
@@ -484,7 +535,12 @@ impl Client {
                     attr.mtime = m;
                     attr.ctime = attr.ctime.max(m);
                 }
+            } else {
+                other_size = attr.size != inner.size;
             }
+        }
+        if other_size {
+            self.page_fills.changed(attr.ino).await;
         }
         attr
     }
@@ -566,10 +622,20 @@ impl Client {
                 inner.size = a.size;
                 inner.map.clear();
                 inner.map_loaded = false;
+                drop(inner);
+                // Before the kernel cuts its pages: no older bytes may come after.
+                self.page_fills.changed(ino).await;
             }
             return Ok(a);
         }
-        self.call_attr(Request::SetAttr { ino, set, caller }).await
+        let resize = set.size.is_some();
+        let a = self
+            .call_attr(Request::SetAttr { ino, set, caller })
+            .await?;
+        if resize {
+            self.page_fills.changed(ino).await;
+        }
+        Ok(a)
     }
 
     /// A truncate of a file with buffered writes: instead of committing them first (an upload
@@ -669,7 +735,9 @@ impl Client {
             )
             .await?;
         if open {
+            // A created file is open for writing.
             self.track_open(&a).await;
+            self.page_fills.writer_opened(a.ino).await;
         }
         Ok(a)
     }
@@ -956,14 +1024,21 @@ impl Client {
         }
     }
 
-    /// Open a file: the server keeps it alive while open, even if unlinked.
-    pub async fn open(&self, ino: Ino) -> Result<Opened, RpcError> {
+    /// Open a file: the server keeps it alive while open, even if unlinked. `writable`: the open
+    /// may write (its close must say so too, [`Client::release`]).
+    pub async fn open(&self, ino: Ino, writable: bool) -> Result<Opened, RpcError> {
         let before = self.commit_count();
         let attr = self.call_attr(Request::Open { ino }).await?;
         let mut unchanged = false;
         if attr.kind == FileKind::File {
             self.track_open(&attr).await;
             unchanged = self.saw(&attr) == Some(version(&attr));
+            // Before the kernel lets a writer in, or drops its pages of an older version.
+            if writable {
+                self.page_fills.writer_opened(ino).await;
+            } else if !unchanged {
+                self.page_fills.changed(ino).await;
+            }
         }
         Ok(Opened {
             attr: self.overlay(attr, before).await,
@@ -980,13 +1055,19 @@ impl Client {
         seen.insert(attr.ino, version(attr))
     }
 
-    /// Close one open of a file: commits buffered writes, then tells the server.
-    pub async fn release(&self, ino: Ino) -> Result<(), RpcError> {
+    /// Close one open of a file: commits buffered writes, then tells the server. `writable` as
+    /// given to its open (a create is writable).
+    pub async fn release(&self, ino: Ino, writable: bool) -> Result<(), RpcError> {
         let mut result = Ok(());
         if let Some(f) = self.file(ino) {
             let mut inner = f.inner.lock().await;
             result = self.flush_locked(ino, &mut inner).await;
+            if writable {
+                self.page_fills.writer_closed(ino);
+            }
             self.closed(ino, &mut inner, result.is_ok());
+        } else if writable {
+            self.page_fills.writer_closed(ino);
         }
         self.queue_release(ino);
         result
@@ -998,6 +1079,7 @@ impl Client {
         inner.opens = inner.opens.saturating_sub(1);
         if inner.opens == 0 && committed {
             self.files.lock().expect("files lock").remove(&ino);
+            self.page_fills.forget(ino);
         }
     }
 
@@ -1107,7 +1189,7 @@ impl Client {
 
     /// [`Client::release`] done on the caller's thread when it has nothing to wait for
     /// ([`Client::flush_is_noop`]); false (and nothing done) otherwise.
-    pub fn try_release_now(&self, ino: Ino, owner: Option<u64>) -> bool {
+    pub fn try_release_now(&self, ino: Ino, owner: Option<u64>, writable: bool) -> bool {
         if self.holds_locks(ino, owner) {
             return false;
         }
@@ -1118,10 +1200,21 @@ impl Client {
             if !inner.nothing_to_commit() {
                 return false;
             }
+            if writable {
+                self.page_fills.writer_closed(ino);
+            }
             self.closed(ino, &mut inner, true);
+        } else if writable {
+            self.page_fills.writer_closed(ino);
         }
         self.queue_release(ino);
         true
+    }
+
+    /// Start handing `fill` to the kernel, if its bytes are still current; the store must be
+    /// done before the guard is dropped ([`crate::page_fill`]).
+    pub fn begin_page_fill(&self, fill: &PageFill) -> Option<crate::page_fill::StoreGuard> {
+        self.page_fills.begin(fill)
     }
 
     /// Whether a close by lock owner `owner` has locks of this mount to drop on `ino`.
@@ -1451,20 +1544,21 @@ impl Client {
         Ok(data)
     }
 
-    /// Bytes `[start, end)` of block `r` (within its length), for a random read: from the whole
-    /// block if it is in memory, else from the cached frames that hold them, fetching the ones
-    /// missing (one ranged read of the span between the first and the last missing frame).
+    /// Bytes that hold `[start, end)` of block `r` (within its length), for a random read, and
+    /// the offset in the block of the first of them: the whole block if it is in memory, else
+    /// the cached frames that hold the range, fetching the ones missing (one ranged read of the
+    /// span between the first and the last missing frame). Whole frames, so that the caller can
+    /// also hand the kernel the rest of them ([`crate::page_fill`]).
     async fn fetch_range(
         self: &Arc<Self>,
         ino: Ino,
         r: BlockRef,
         start: u64,
         end: u64,
-    ) -> Result<Bytes, RpcError> {
+    ) -> Result<(Bytes, u64), RpcError> {
         let whole = (ino, r.index, r.version, WHOLE);
         if let Some(b) = self.cache.get(&whole) {
-            let end = (end as usize).min(b.len());
-            return Ok(b.slice((start as usize).min(end)..end));
+            return Ok((b.slice(..(r.len as usize).min(b.len())), 0));
         }
         let (first, last) = (start / FRAME, (end - 1) / FRAME);
         let frame_key = |i: u64| (ino, r.index, r.version, i as u32);
@@ -1491,8 +1585,7 @@ impl Client {
                     // An object without frames (written by an older cairn) was read whole.
                     let block = block.slice(..(r.len as usize).min(block.len()));
                     self.cache.insert(whole, block.clone());
-                    let end = (end as usize).min(block.len());
-                    return Ok(block.slice((start as usize).min(end)..end));
+                    return Ok((block, 0));
                 }
             };
             if got.len() as u64 != span.end - span.start {
@@ -1509,17 +1602,17 @@ impl Client {
                 frames[(i - first) as usize] = Some(frame);
             }
         }
-        let mut out = Vec::with_capacity((end - start) as usize);
-        for (n, frame) in frames.into_iter().enumerate() {
-            let frame = frame.expect("every missing frame was fetched above");
-            let fstart = (first + n as u64) * FRAME;
-            let from = start.max(fstart) - fstart;
-            let to = (end.min(fstart + FRAME) - fstart).min(frame.len() as u64);
-            if from < to {
-                out.extend_from_slice(&frame[from as usize..to as usize]);
-            }
+        let mut frames = frames
+            .into_iter()
+            .map(|f| f.expect("every missing frame was fetched above"));
+        if first == last {
+            return Ok((frames.next().expect("one frame"), first * FRAME));
         }
-        Ok(Bytes::from(out))
+        let mut out = Vec::with_capacity(((last - first + 1) * FRAME) as usize);
+        for frame in frames {
+            out.extend_from_slice(&frame);
+        }
+        Ok((Bytes::from(out), first * FRAME))
     }
 
     /// A random read missed the memory cache in block `r`: with a disk cache that has no copy
@@ -1577,13 +1670,14 @@ impl Client {
         inner.pending.get(&index).map(|p| p.data.clone())
     }
 
-    /// Read up to `len` bytes at `offset`.
+    /// Read up to `len` bytes at `offset`. A random read also gives the rest of the frames it
+    /// read, for the kernel's page cache ([`crate::page_fill`]).
     pub async fn read(
         self: &Arc<Self>,
         ino: Ino,
         offset: u64,
         len: u32,
-    ) -> Result<Bytes, RpcError> {
+    ) -> Result<ReadData, RpcError> {
         let Some(f) = self.file(ino) else {
             return Err(RpcError::new(
                 ErrorCode::Stale,
@@ -1598,11 +1692,11 @@ impl Client {
             Part(BlockRef, u64, u64),
             Hole,
         }
-        let (plan, size, prefetch) = {
+        let (plan, size, prefetch, ticket) = {
             let mut inner = f.inner.lock().await;
             let size = inner.size;
             if offset >= size || len == 0 {
-                return Ok(Bytes::new());
+                return Ok(ReadData::from(Bytes::new()));
             }
             let end = (offset + u64::from(len)).min(size);
             let (first, last) = (offset / bs, (end - 1) / bs);
@@ -1678,7 +1772,13 @@ impl Client {
             }
             // A late read of a sequential run does not move its end back.
             inner.next_seq_offset = if sequential { next.max(end) } else { end };
-            (plan, size, prefetch)
+            // Taken under the file's lock, with the plan: a change applied after this spoils it.
+            let ticket = if sequential {
+                None
+            } else {
+                self.page_fills.ticket(ino)
+            };
+            (plan, size, prefetch, ticket)
         };
         for r in prefetch {
             let me = self.clone();
@@ -1692,25 +1792,39 @@ impl Client {
         let fetches = plan.into_iter().map(|(index, src)| {
             let me = self.clone();
             async move {
-                // The bytes, and the offset in the block of the first of them.
-                let (data, at) = match src {
-                    Src::Local(b) => (b, 0),
-                    Src::Hole => (Bytes::new(), 0),
+                // The bytes, the offset in the block of the first of them, and whether they are
+                // the block as committed (not local writes, not zeros).
+                let (data, at, committed) = match src {
+                    Src::Local(b) => (b, 0, false),
+                    Src::Hole => (Bytes::new(), 0, false),
                     Src::Remote(r) => {
                         let b = me.fetch(ino, r).await?;
-                        (b.slice(..(r.len as usize).min(b.len())), 0)
+                        (b.slice(..(r.len as usize).min(b.len())), 0, true)
                     }
-                    Src::Part(r, from, to) => (me.fetch_range(ino, r, from, to).await?, from),
+                    Src::Part(r, from, to) => {
+                        let (b, at) = me.fetch_range(ino, r, from, to).await?;
+                        (b, at, true)
+                    }
                 };
-                Ok::<_, RpcError>((index, data, at))
+                Ok::<_, RpcError>((index, data, at, committed))
             }
         });
         let blocks = futures::future::try_join_all(fetches).await?;
+        let fill = ticket.and_then(|ticket| {
+            let parts: Vec<(u64, Bytes)> = blocks
+                .iter()
+                .filter(|(.., committed)| *committed)
+                .filter_map(|(index, data, at, _)| {
+                    frames_around(index * bs + at, data, offset..end, size)
+                })
+                .collect();
+            (!parts.is_empty()).then_some(PageFill { ino, parts, ticket })
+        });
         // The part of each block's bytes in the range, with its place in the answer; bytes a
         // block does not have (a hole, or past its data) are zeros.
         let want = (end - offset) as usize;
         let mut parts = Vec::with_capacity(blocks.len());
-        for (index, data, at) in blocks {
+        for (index, data, at, _) in blocks {
             let bstart = index * bs + at;
             let from = offset.max(bstart);
             let to = end.min(index * bs + bs);
@@ -1726,14 +1840,20 @@ impl Client {
         // The usual answer is one part of one block: that slice itself, without a copy.
         if let [(0, part)] = parts.as_slice() {
             if part.len() == want {
-                return Ok(part.clone());
+                return Ok(ReadData {
+                    data: part.clone(),
+                    fill,
+                });
             }
         }
         let mut out = vec![0u8; want];
         for (dst, part) in parts {
             out[dst..dst + part.len()].copy_from_slice(&part);
         }
-        Ok(Bytes::from(out))
+        Ok(ReadData {
+            data: Bytes::from(out),
+            fill,
+        })
     }
 
     /// Write `data` at `offset`; returns the bytes accepted (all of them).

@@ -1,3 +1,4 @@
+use crate::page_fill::PageFiller;
 use cairn_client::Client;
 use cairn_proto::{
     Attr, Caller, ErrorCode, FileKind, LockSpec, LockType, RpcError, SetAttr, TimeSet, Timestamp,
@@ -129,14 +130,37 @@ pub struct CairnFuse {
     /// Requests start on the FUSE thread, metadata calls over its own connection
     /// (see [`Self::run`]).
     inline: bool,
+    /// Hands random reads' frames to the kernel (see [`crate::page_fill`]); None when off.
+    filler: Option<Arc<PageFiller>>,
 }
 
 impl CairnFuse {
     /// Serve `client` with futures run on `rt`. `CAIRN_THREAD_LANES=0` in the environment sends
-    /// every request through the runtime (to measure what the lanes bring).
+    /// every request through the runtime, and `CAIRN_PAGE_FILL=0` stops page fills (to measure
+    /// what each brings).
     pub fn new(client: Arc<Client>, rt: Handle) -> Self {
-        let inline = std::env::var("CAIRN_THREAD_LANES").map_or(true, |v| v != "0");
-        CairnFuse { client, rt, inline }
+        let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
+        let inline = on("CAIRN_THREAD_LANES");
+        let filler = on("CAIRN_PAGE_FILL")
+            .then(|| match PageFiller::start(client.clone()) {
+                Ok(f) => Some(Arc::new(f)),
+                Err(e) => {
+                    warn!("no page fills: cannot start their thread: {e}");
+                    None
+                }
+            })
+            .flatten();
+        CairnFuse {
+            client,
+            rt,
+            inline,
+            filler,
+        }
+    }
+
+    /// Give the page fill thread the session's channel to the kernel, once the session exists.
+    pub(crate) fn page_filler(&self) -> Option<Arc<PageFiller>> {
+        self.filler.clone()
     }
 
     /// A request's future, in its span.
@@ -469,13 +493,16 @@ impl Filesystem for CairnFuse {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
+        // The handle says whether the open may write, for its release.
+        let fh = FileHandle(u64::from(writable));
         self.run("open", ino.0, move |c| async move {
-            match c.open(ino.0).await {
+            match c.open(ino.0, writable).await {
                 // Close-to-open: the kernel's page cache of the file is dropped at open, unless
                 // the file is the version this mount last saw (then its pages are still right).
-                Ok(o) if o.unchanged => reply.opened(FileHandle(0), FopenFlags::FOPEN_KEEP_CACHE),
-                Ok(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+                Ok(o) if o.unchanged => reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE),
+                Ok(_) => reply.opened(fh, FopenFlags::empty()),
                 Err(e) => reply.error(reply_err("open", &e)),
             }
         });
@@ -492,9 +519,15 @@ impl Filesystem for CairnFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let filler = self.filler.clone();
         self.run("read", ino.0, move |c| async move {
             match c.read(ino.0, offset, size).await {
-                Ok(d) => reply.data(&d),
+                Ok(d) => {
+                    reply.data(&d.data);
+                    if let (Some(filler), Some(fill)) = (filler, d.fill) {
+                        filler.offer(fill);
+                    }
+                }
                 Err(e) => reply.error(reply_err("read", &e)),
             }
         });
@@ -547,13 +580,17 @@ impl Filesystem for CairnFuse {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         lock: Option<LockOwner>,
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        if self.client.try_release_now(ino.0, lock.map(|l| l.0)) {
+        let writable = fh.0 == 1;
+        if self
+            .client
+            .try_release_now(ino.0, lock.map(|l| l.0), writable)
+        {
             reply.ok();
             return;
         }
@@ -563,7 +600,7 @@ impl Filesystem for CairnFuse {
                 Some(owner) => c.release_locks(ino.0, owner.0).await,
                 None => Ok(()),
             };
-            match c.release(ino.0).await.and(unlocked) {
+            match c.release(ino.0, writable).await.and(unlocked) {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("release", &e)),
             }
@@ -905,7 +942,8 @@ impl Filesystem for CairnFuse {
                     &TTL,
                     &attr(&a),
                     Generation(a.generation),
-                    FileHandle(0),
+                    // Writable (see `open`).
+                    FileHandle(1),
                     FopenFlags::empty(),
                 ),
                 // Without O_EXCL, an existing file is opened, not refused. The kernel asked to

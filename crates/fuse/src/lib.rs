@@ -7,6 +7,7 @@
 
 mod adapter;
 mod lifecycle;
+mod page_fill;
 
 pub use adapter::{errno, CairnFuse};
 pub use lifecycle::{check_mountpoint, clear_stale_mount, unmount, MountOptions, MountedSession};

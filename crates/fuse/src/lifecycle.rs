@@ -122,6 +122,7 @@ impl MountedSession {
             SessionACL::Owner
         };
         config.n_threads = Some(opts.threads.max(1));
+        let filler = fs.page_filler();
         let session = fuser::Session::new(fs, &opts.mountpoint, &config).map_err(|e| {
             let hint = match e.kind() {
                 std::io::ErrorKind::PermissionDenied => {
@@ -134,6 +135,9 @@ impl MountedSession {
             };
             anyhow::anyhow!("cannot mount at {}: {e}{hint}", opts.mountpoint.display())
         })?;
+        if let Some(filler) = filler {
+            filler.connect(session.notifier());
+        }
         Ok(MountedSession { session })
     }
 

@@ -30,6 +30,7 @@ pub struct ClusterBuilder {
     s3_prefix: Option<String>,
     meta_args: Vec<String>,
     mount_args: Vec<String>,
+    mount_env: Vec<(String, String)>,
     timeout: Duration,
     name: String,
 }
@@ -53,6 +54,7 @@ impl ClusterBuilder {
             s3_prefix: None,
             meta_args: vec![],
             mount_args: vec![],
+            mount_env: vec![],
             timeout,
             name,
         }
@@ -83,6 +85,12 @@ impl ClusterBuilder {
     }
 
     /// Extra `cairn mount start` arguments.
+    /// An environment variable for every mount of the cluster (test knobs of the daemon).
+    pub fn mount_env(mut self, key: &str, value: &str) -> Self {
+        self.mount_env.push((key.into(), value.into()));
+        self
+    }
+
     pub fn mount_args(mut self, args: &[&str]) -> Self {
         self.mount_args.extend(args.iter().map(|s| s.to_string()));
         self
@@ -124,6 +132,8 @@ impl ClusterBuilder {
             }
             StoreKind::LocalFolder => (None, StoreArgs::file(&dir.subdir("blocks"))),
         };
+        let mut store = store;
+        store.env.extend(self.mount_env);
         let meta_dir = dir.subdir("meta");
         let meta_args: Vec<&str> = self.meta_args.iter().map(|s| s.as_str()).collect();
         let meta = MetaServer::start(&self.bin, &meta_dir, &self.volume, &meta_args);
