@@ -1601,6 +1601,10 @@ impl Client {
                 self.cache.insert(frame_key(i), frame.clone());
                 frames[(i - first) as usize] = Some(frame);
             }
+            if (lo, hi) == (first, last) {
+                // All of them in one read: its buffer is the answer, without a copy.
+                return Ok((got, first * FRAME));
+            }
         }
         let mut frames = frames
             .into_iter()
@@ -1773,7 +1777,9 @@ impl Client {
             // A late read of a sequential run does not move its end back.
             inner.next_seq_offset = if sequential { next.max(end) } else { end };
             // Taken under the file's lock, with the plan: a change applied after this spoils it.
-            let ticket = if sequential {
+            // Only reads shorter than a frame get fills: they are the ones a frame multiplies,
+            // and a fill then holds at most two frames while it waits.
+            let ticket = if sequential || u64::from(len) >= FRAME {
                 None
             } else {
                 self.page_fills.ticket(ino)
