@@ -1062,20 +1062,18 @@ impl Client {
         if let Some(f) = self.file(ino) {
             let mut inner = f.inner.lock().await;
             result = self.flush_locked(ino, &mut inner).await;
-            if writable {
-                self.page_fills.writer_closed(ino);
-            }
-            self.closed(ino, &mut inner, result.is_ok());
-        } else if writable {
-            self.page_fills.writer_closed(ino);
+            self.closed(ino, &mut inner, result.is_ok(), writable);
         }
         self.queue_release(ino);
         result
     }
 
-    /// One open of `ino` ends; the last one drops the file's state, unless its writes failed to
-    /// commit (they stay for the next flush to report).
-    fn closed(&self, ino: Ino, inner: &mut FileInner, committed: bool) {
+    /// One open of `ino` ends (`writable` as given to it); the last one drops the file's state,
+    /// unless its writes failed to commit (they stay for the next flush to report).
+    fn closed(&self, ino: Ino, inner: &mut FileInner, committed: bool, writable: bool) {
+        if writable {
+            self.page_fills.writer_closed(ino);
+        }
         inner.opens = inner.opens.saturating_sub(1);
         if inner.opens == 0 && committed {
             self.files.lock().expect("files lock").remove(&ino);
@@ -1200,12 +1198,7 @@ impl Client {
             if !inner.nothing_to_commit() {
                 return false;
             }
-            if writable {
-                self.page_fills.writer_closed(ino);
-            }
-            self.closed(ino, &mut inner, true);
-        } else if writable {
-            self.page_fills.writer_closed(ino);
+            self.closed(ino, &mut inner, true, writable);
         }
         self.queue_release(ino);
         true

@@ -17,7 +17,7 @@ pub mod page_fill;
 pub mod rpc;
 
 pub use data::{Client, ClientConfig, Opened, ReadData, DEFAULT_READAHEAD};
-pub use page_fill::{PageFill, PageFills};
+pub use page_fill::PageFill;
 
 /// Run `f` as a thread that exists to wait (a FUSE thread running a request's first poll): its
 /// metadata calls go over the thread's own connection ([`rpc::with_thread_lane`]) and the block

@@ -184,14 +184,9 @@ impl PageFills {
         }
     }
 
-    /// Files with a gate (for tests).
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// No file has a gate.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 }
 

@@ -99,6 +99,16 @@ fn attr(a: &Attr) -> FileAttr {
     }
 }
 
+/// The handle of an open: all it says is whether the open may write, for its release.
+fn file_handle(writable: bool) -> FileHandle {
+    FileHandle(u64::from(writable))
+}
+
+/// Whether the open behind `fh` ([`file_handle`]) may write.
+fn is_writable(fh: FileHandle) -> bool {
+    fh.0 == 1
+}
+
 fn caller(req: &Request) -> Caller {
     Caller {
         uid: req.uid(),
@@ -495,8 +505,7 @@ impl Filesystem for CairnFuse {
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
-        // The handle says whether the open may write, for its release.
-        let fh = FileHandle(u64::from(writable));
+        let fh = file_handle(writable);
         self.run("open", ino.0, move |c| async move {
             match c.open(ino.0, writable).await {
                 // Close-to-open: the kernel's page cache of the file is dropped at open, unless
@@ -586,7 +595,7 @@ impl Filesystem for CairnFuse {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let writable = fh.0 == 1;
+        let writable = is_writable(fh);
         if self
             .client
             .try_release_now(ino.0, lock.map(|l| l.0), writable)
@@ -942,8 +951,7 @@ impl Filesystem for CairnFuse {
                     &TTL,
                     &attr(&a),
                     Generation(a.generation),
-                    // Writable (see `open`).
-                    FileHandle(1),
+                    file_handle(true),
                     FopenFlags::empty(),
                 ),
                 // Without O_EXCL, an existing file is opened, not refused. The kernel asked to

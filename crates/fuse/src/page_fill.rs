@@ -11,7 +11,7 @@
 
 use cairn_client::{Client, PageFill};
 use fuser::{INodeNo, Notifier};
-use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
 use tracing::debug;
 
@@ -74,8 +74,6 @@ impl PageFiller {
 
     /// Queue `fill`, or drop it if the thread is behind.
     pub(crate) fn offer(&self, fill: PageFill) {
-        match self.queue.try_send(fill) {
-            Ok(()) | Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {}
-        }
+        let _ = self.queue.try_send(fill);
     }
 }
