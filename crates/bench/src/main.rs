@@ -33,6 +33,12 @@ enum Command {
 }
 
 fn main() {
+    // Output piped into `head` ends the run quietly, as other command-line tools do, instead of
+    // a panic at the next line printed.
+    // SAFETY: at the start of main, before any thread exists; SIG_DFL is a valid disposition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Meta(a) => meta::run(&a),

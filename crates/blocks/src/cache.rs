@@ -501,6 +501,11 @@ impl DiskCache {
         &self.shared.dir
     }
 
+    /// The most bytes it holds.
+    pub fn capacity(&self) -> u64 {
+        self.shared.capacity
+    }
+
     /// What the cache holds.
     pub fn usage(&self) -> CacheUsage {
         let ix = self.index();

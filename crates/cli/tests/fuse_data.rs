@@ -12,6 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4 * MIB;
@@ -253,6 +254,87 @@ fn random_reads_match(c: &mut Cluster, rng: &mut Rng, empty_disk_cache: bool) {
         "whole read after random reads",
     );
     c.assert_no_panics();
+}
+
+/// Files in the `clean/` folder of a disk cache: the blocks it holds that are in the bucket too.
+fn clean_entries(cache: &Path) -> usize {
+    fn count(dir: &Path) -> usize {
+        std::fs::read_dir(dir).map_or(0, |entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => count(&e.path()),
+                    Ok(t) if t.is_file() => 1,
+                    _ => 0,
+                })
+                .sum()
+        })
+    }
+    count(&cache.join("clean"))
+}
+
+/// A cold 6-block file, with a memory cache smaller than it (random reads fetch frames) and a
+/// disk cache of `disk_cache`: one 4 KiB random read, then the file stays open unread. Returns
+/// how many blocks the disk cache holds once they stop coming (or after `wait`).
+fn blocks_cached_after_one_random_read(disk_cache: &str, wait: Duration) -> usize {
+    let mut c = Cluster::s3(bin())
+        .mount_args(&["--cache-size", "8MiB", "--cache-disk-size", disk_cache])
+        .start();
+    let path = c.join("warm");
+    let model = random_bytes(7, (6 * BLOCK) as usize);
+    std::fs::write(&path, &model).expect("write the file");
+    let cache = c
+        .mount()
+        .disk_cache_dir()
+        .expect("a default disk cache folder");
+    c.mount_mut().stop();
+    std::fs::remove_dir_all(&cache).expect("empty the disk cache");
+    c.remount();
+    let cache = c.mount().disk_cache_dir().expect("the disk cache folder");
+    let f = File::open(&path).expect("open");
+    let mut buf = vec![0u8; 4096];
+    let off = 3 * BLOCK + 123 * 4096;
+    f.read_exact_at(&mut buf, off).expect("one random read");
+    assert_eq!(
+        buf,
+        model[off as usize..off as usize + 4096],
+        "the random read"
+    );
+    let deadline = std::time::Instant::now() + wait;
+    let mut last = (clean_entries(&cache), std::time::Instant::now());
+    while std::time::Instant::now() < deadline && last.0 < 6 {
+        std::thread::sleep(Duration::from_millis(100));
+        let n = clean_entries(&cache);
+        if n != last.0 {
+            last = (n, std::time::Instant::now());
+        } else if last.0 > 0 && last.1.elapsed() > Duration::from_secs(3) {
+            break;
+        }
+    }
+    drop(f);
+    assert_file(
+        &path,
+        6 * BLOCK,
+        &sha256_bytes(&model),
+        "whole read after the copy",
+    );
+    c.assert_no_panics();
+    last.0
+}
+
+/// A file read at random that takes at most a quarter of the disk cache is copied into it whole
+/// in the background while it is open (one 4 KiB read of a 24 MiB file in a 256 MiB cache: all
+/// 6 blocks cached, with no more reads); a larger one only gets the blocks its reads touch (the
+/// same file in a 64 MiB cache: 1 block).
+#[test]
+fn a_file_read_at_random_is_copied_into_the_disk_cache_whole_if_small_beside_it() {
+    if !require_fuse() {
+        return;
+    }
+    let small = blocks_cached_after_one_random_read("256MiB", Duration::from_secs(60));
+    assert_eq!(small, 6, "blocks of a 24 MiB file in a 256 MiB disk cache");
+    let large = blocks_cached_after_one_random_read("64MiB", Duration::from_secs(5));
+    assert_eq!(large, 1, "blocks of a 24 MiB file in a 64 MiB disk cache");
 }
 
 /// Write #`i`: `data` at `off` to the file and to its model (which grows as the file does).
