@@ -242,7 +242,8 @@ const REORDER_SLACK: u64 = 512 << 10;
 /// (see [`Client::fill_disk_cache`] and [`Client::warm_file`]). Enough to keep the store busy:
 /// each holds its block while it is written to the cache (a third of its time), and a 2 GiB
 /// file read at random was local after 5 s with 16, 6 s with 8 and 7 s with 4 (SeaweedFS on
-/// the same 2 cores; 32 were no faster). At most 64 MiB of blocks in flight.
+/// the same 2 cores; 32 were no faster). Each holds its block as stored and as decoded while in
+/// flight: at most 128 MiB.
 const DISK_FILLS: usize = 16;
 
 /// A file read at random is copied into the disk cache whole ([`Client::warm_file`]) when it
