@@ -79,7 +79,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, RetryConfig,
 };
 
-use crate::cache::{CacheConfig, DiskCache};
+use crate::cache::{CacheConfig, CacheUsage, DiskCache};
 use crate::codec::{index_len_for, BlockCodec, CodecError, FrameIndex, IndexRead};
 use crate::error::{io_kind, s3_error_code, transport_kind, BlockError};
 use crate::key::BlockKey;
@@ -288,6 +288,8 @@ struct Inner {
     /// Uploads staged blocks; present whenever there is a cache (it may hold staged blocks of an
     /// earlier run even without writeback now).
     uploader: Option<Uploader>,
+    /// What the disk cache held when it was opened, before the uploader began.
+    found: Option<CacheUsage>,
     /// A failed stage was logged; cleared when staging works again.
     stage_failing: AtomicBool,
     /// Layouts (frame tables) of objects read in part, by object path.
@@ -599,8 +601,8 @@ impl BlockStore {
             location,
             policy: data_policy,
         });
-        let (cache, uploader, writeback) = match cache {
-            None => (None, None, false),
+        let (cache, uploader, writeback, found) = match cache {
+            None => (None, None, false, None),
             Some(cfg) => {
                 if tokio::runtime::Handle::try_current().is_err() {
                     return Err(bad_config(
@@ -608,8 +610,9 @@ impl BlockStore {
                     ));
                 }
                 let cache = DiskCache::open(&cfg.dir, cfg.capacity)?;
+                let found = cache.usage();
                 let uploader = Uploader::start(Arc::clone(&core), cache.clone());
-                (Some(cache), Some(uploader), cfg.writeback)
+                (Some(cache), Some(uploader), cfg.writeback, Some(found))
             }
         };
         Ok(BlockStore {
@@ -618,6 +621,7 @@ impl BlockStore {
                 cache,
                 writeback,
                 uploader,
+                found,
                 stage_failing: AtomicBool::new(false),
                 layouts: LayoutCache::with_weighter(
                     (index_cache_bytes / 2048).max(16) as usize,
@@ -1041,6 +1045,12 @@ impl BlockStore {
             Some(e) => Err(e),
             None => Ok(()),
         }
+    }
+
+    /// What the disk cache held when the store opened it, before staged blocks of an earlier
+    /// run began to upload (they may be done by the time anyone asks [`Self::writeback_pending`]).
+    pub fn cache_found(&self) -> Option<CacheUsage> {
+        self.inner.found
     }
 
     /// Blocks waiting for upload in the disk cache, and their stored bytes.

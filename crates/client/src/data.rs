@@ -2189,19 +2189,20 @@ impl Client {
 /// uploads finished), before the mount serves: their commits may be lost with that run, but
 /// not their bytes, and new work must not overtake them.
 async fn upload_staged(store: &BlockStore) {
-    if let Some(cache) = store.cache() {
-        let u = cache.usage();
-        info!(
-            dir = %cache.dir().display(),
-            capacity = u.capacity,
-            cached_blocks = u.clean_count,
-            cached_bytes = u.clean_bytes,
-            staged_blocks = u.staged_count,
-            staged_bytes = u.staged_bytes,
-            "disk cache"
-        );
-    }
-    let (count, bytes) = store.writeback_pending();
+    // As found at open: the store's uploader starts on them at once, and may be done already.
+    let (Some(cache), Some(u)) = (store.cache(), store.cache_found()) else {
+        return;
+    };
+    info!(
+        dir = %cache.dir().display(),
+        capacity = u.capacity,
+        cached_blocks = u.clean_count,
+        cached_bytes = u.clean_bytes,
+        staged_blocks = u.staged_count,
+        staged_bytes = u.staged_bytes,
+        "disk cache"
+    );
+    let (count, bytes) = (u.staged_count, u.staged_bytes);
     if count == 0 {
         return;
     }
