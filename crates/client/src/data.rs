@@ -38,7 +38,7 @@
 //! about as slowly as a whole one (SeaweedFS reads the whole chunk), so frames alone, fetched
 //! again at every read, keep random reads of a large file at the bucket's latency. A file that
 //! takes at most a quarter of the disk cache is copied in whole, from its start, as soon as it
-//! is read at random ([`Client::warm_file`]): its random reads touch every block soon anyway,
+//! is read at random (`Client::warm_file`): its random reads touch every block soon anyway,
 //! and one copy per read would pace the copy by reads that each wait on the bucket.
 
 use crate::listings::{Known, Listings};
