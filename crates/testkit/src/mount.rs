@@ -82,6 +82,44 @@ pub fn disk_cache_dir_in(root: &Path, mountpoint: &Path) -> Option<PathBuf> {
         .find(|dir| std::fs::read_to_string(dir.join("mount-point")).is_ok_and(|s| s == want))
 }
 
+/// Processes with a file, a working directory, a root or a mapping under `mountpoint`, one
+/// line each ("pid comm: path"), to say why an unmount was refused as busy.
+fn users_of(mountpoint: &Path) -> String {
+    let mut lines = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return "(cannot read /proc)".into();
+    };
+    for entry in procs.filter_map(Result::ok) {
+        let pid = entry.file_name().to_string_lossy().to_string();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let dir = entry.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let mut links: Vec<PathBuf> = vec![dir.join("cwd"), dir.join("root")];
+        if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
+            links.extend(fds.filter_map(Result::ok).map(|e| e.path()));
+        }
+        for link in links {
+            if let Ok(target) = std::fs::read_link(&link) {
+                if target.starts_with(mountpoint) {
+                    lines.push(format!("{pid} {}: {}", comm.trim(), target.display()));
+                }
+            }
+        }
+        let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
+        let mp = mountpoint.display().to_string();
+        for line in maps.lines().filter(|l| l.contains(&mp)) {
+            lines.push(format!("{pid} {} (mapped): {line}", comm.trim()));
+        }
+    }
+    if lines.is_empty() {
+        "(no process found)".into()
+    } else {
+        lines.join("\n")
+    }
+}
+
 /// Mount points in `/proc/self/mountinfo` (octal escapes decoded).
 fn mount_points() -> Vec<PathBuf> {
     let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -299,7 +337,11 @@ impl Mount {
         );
         let mut problems = Vec::new();
         if !out.success() {
-            problems.push(format!("`cairn mount stop` failed:\n{}", out.describe()));
+            problems.push(format!(
+                "`cairn mount stop` failed:\n{}\nwhat uses the mount now:\n{}",
+                out.describe(),
+                users_of(&self.mountpoint)
+            ));
         }
         match p.wait_timeout(EXIT_TIMEOUT) {
             None => problems.push(format!(
