@@ -12,7 +12,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 const BLOCK: u64 = 4 * MIB;
@@ -212,12 +212,7 @@ fn random_reads_match(c: &mut Cluster, rng: &mut Rng, empty_disk_cache: bool) {
     }
     if empty_disk_cache {
         // The writes left copies of every block in the disk cache: start without them.
-        let cache = c
-            .mount()
-            .disk_cache_dir()
-            .expect("a default disk cache folder");
-        c.mount_mut().stop();
-        std::fs::remove_dir_all(&cache).expect("empty the disk cache");
+        stop_and_empty_disk_cache(c);
     }
     c.remount();
     let f = File::open(&path).expect("open");
@@ -256,6 +251,16 @@ fn random_reads_match(c: &mut Cluster, rng: &mut Rng, empty_disk_cache: bool) {
     c.assert_no_panics();
 }
 
+/// Stop the mount and delete its disk cache folder, so that the next mount starts cold.
+fn stop_and_empty_disk_cache(c: &mut Cluster) {
+    let cache = c
+        .mount()
+        .disk_cache_dir()
+        .expect("a default disk cache folder");
+    c.mount_mut().stop();
+    std::fs::remove_dir_all(&cache).expect("empty the disk cache");
+}
+
 /// Files in the `clean/` folder of a disk cache: the blocks it holds that are in the bucket too.
 fn clean_entries(cache: &Path) -> usize {
     fn count(dir: &Path) -> usize {
@@ -283,12 +288,7 @@ fn blocks_cached_after_one_random_read(disk_cache: &str, wait: Duration) -> usiz
     let path = c.join("warm");
     let model = random_bytes(7, (6 * BLOCK) as usize);
     std::fs::write(&path, &model).expect("write the file");
-    let cache = c
-        .mount()
-        .disk_cache_dir()
-        .expect("a default disk cache folder");
-    c.mount_mut().stop();
-    std::fs::remove_dir_all(&cache).expect("empty the disk cache");
+    stop_and_empty_disk_cache(&mut c);
     c.remount();
     let cache = c.mount().disk_cache_dir().expect("the disk cache folder");
     let f = File::open(&path).expect("open");
@@ -300,13 +300,13 @@ fn blocks_cached_after_one_random_read(disk_cache: &str, wait: Duration) -> usiz
         model[off as usize..off as usize + 4096],
         "the random read"
     );
-    let deadline = std::time::Instant::now() + wait;
-    let mut last = (clean_entries(&cache), std::time::Instant::now());
-    while std::time::Instant::now() < deadline && last.0 < 6 {
+    let deadline = Instant::now() + wait;
+    let mut last = (clean_entries(&cache), Instant::now());
+    while Instant::now() < deadline && last.0 < 6 {
         std::thread::sleep(Duration::from_millis(100));
         let n = clean_entries(&cache);
         if n != last.0 {
-            last = (n, std::time::Instant::now());
+            last = (n, Instant::now());
         } else if last.0 > 0 && last.1.elapsed() > Duration::from_secs(3) {
             break;
         }

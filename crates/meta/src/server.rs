@@ -666,7 +666,8 @@ async fn connection(
                 // are logged lazily, and the next synced change persists them before anything
                 // that depends on them (docs/durability.md). An fsync of a small file saves a
                 // sync of the log and two thread hops.
-                sink.send(frame::encode(id, &Ok::<_, RpcError>(Reply::Empty))?);
+                let resp: Response = Ok(Reply::Empty);
+                sink.send(frame::encode(id, &resp)?);
                 continue;
             }
             // Durable on return: an empty synchronous commit persists every earlier one.

@@ -89,28 +89,31 @@ fn users_of(mountpoint: &Path) -> String {
     let Ok(procs) = std::fs::read_dir("/proc") else {
         return "(cannot read /proc)".into();
     };
+    let mp = mountpoint.display().to_string();
     for entry in procs.filter_map(Result::ok) {
         let pid = entry.file_name().to_string_lossy().to_string();
         if !pid.bytes().all(|b| b.is_ascii_digit()) {
             continue;
         }
         let dir = entry.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let who = format!(
+            "{pid} {}",
+            std::fs::read_to_string(dir.join("comm"))
+                .unwrap_or_default()
+                .trim()
+        );
         let mut links: Vec<PathBuf> = vec![dir.join("cwd"), dir.join("root")];
         if let Ok(fds) = std::fs::read_dir(dir.join("fd")) {
             links.extend(fds.filter_map(Result::ok).map(|e| e.path()));
         }
-        for link in links {
-            if let Ok(target) = std::fs::read_link(&link) {
-                if target.starts_with(mountpoint) {
-                    lines.push(format!("{pid} {}: {}", comm.trim(), target.display()));
-                }
+        for target in links.iter().filter_map(|l| std::fs::read_link(l).ok()) {
+            if target.starts_with(mountpoint) {
+                lines.push(format!("{who}: {}", target.display()));
             }
         }
         let maps = std::fs::read_to_string(dir.join("maps")).unwrap_or_default();
-        let mp = mountpoint.display().to_string();
         for line in maps.lines().filter(|l| l.contains(&mp)) {
-            lines.push(format!("{pid} {} (mapped): {line}", comm.trim()));
+            lines.push(format!("{who} (mapped): {line}"));
         }
     }
     if lines.is_empty() {
