@@ -720,16 +720,35 @@ impl BlockStore {
                 }
             }
         }
-        let (len, written) = core
-            .put_encoded(&core.data, "put", &path, stored.clone(), Some(&raw))
-            .await?;
-        if let (Some(cache), true) = (
-            &self.inner.cache,
-            written && raw.len() < WRITE_THROUGH_BELOW,
-        ) {
-            cache.insert(path.as_ref(), stored).await;
+        let put = core.put_encoded(&core.data, "put", &path, stored.clone(), Some(&raw));
+        let Some(cache) = self
+            .inner
+            .cache
+            .as_ref()
+            .filter(|_| raw.len() < WRITE_THROUGH_BELOW)
+        else {
+            return put.await.map(|(len, _)| len);
+        };
+        // The copy is written beside the upload, not after it: an fsync waits for this put, and
+        // the upload takes far longer. Until the put succeeds nothing refers to the object, so a
+        // copy of an object that never lands is only an unused entry; it is dropped at once when
+        // the put fails, or when the bucket already held an equal object in another encoding.
+        let (put, copied) = tokio::join!(put, cache.insert(path.as_ref(), stored));
+        match put {
+            Ok((len, true)) => Ok(len),
+            Ok((len, false)) => {
+                if copied {
+                    cache.remove(path.as_ref()).await;
+                }
+                Ok(len)
+            }
+            Err(e) => {
+                if copied {
+                    cache.remove(path.as_ref()).await;
+                }
+                Err(e)
+            }
         }
-        Ok(len)
     }
 
     /// With writeback, a put of a block already staged: Some(stored size) if it holds the same
@@ -1431,6 +1450,19 @@ mod tests {
             store.get(&key(2)).await,
             Err(BlockError::NotFound { .. })
         ));
+    }
+
+    /// A put copies its block into the disk cache while it uploads; one that fails leaves no
+    /// copy behind.
+    #[tokio::test]
+    async fn a_failed_put_leaves_no_cached_copy() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(u32::MAX, false);
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, false)).unwrap();
+        store.put(&key(1), raw(1)).await.unwrap_err();
+        let cache = store.cache().unwrap();
+        assert!(cache.entry_file(&key(1).object_path("vol")).is_none());
+        assert_eq!(cache.usage().clean_count, 0);
     }
 
     /// Writeback: puts succeed while the store is down; the blocks survive a crash (the store
