@@ -85,6 +85,8 @@ pub struct MetaClient {
     /// Mutations sent and not yet answered: the lowest bounds what the server must remember.
     inflight: StdMutex<BTreeSet<u64>>,
     heartbeat_ms: AtomicU64,
+    /// The server that last answered a Hello syncs every change before acknowledging it.
+    synced: AtomicBool,
     /// Tells this client's thread lanes from another client's (tests run several in a process).
     id: u64,
     /// The server's address as the multiplexed connection reached it: where lanes connect.
@@ -190,6 +192,7 @@ impl MetaClient {
             ended: false.into(),
             inflight: StdMutex::default(),
             heartbeat_ms: AtomicU64::new(0),
+            synced: false.into(),
             id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             peer: StdMutex::new(None),
             lanes_off: StdMutex::new((None, LANE_BACKOFF.0)),
@@ -279,12 +282,14 @@ impl MetaClient {
                 session,
                 volume,
                 heartbeat_ms,
+                synced,
             }) => {
                 if resume.is_some_and(|old| old != session) {
                     warn!(old = resume, new = session, "the metadata server had ended this mount's session: its locks were released");
                 }
                 self.session.store(session, Ordering::Relaxed);
                 self.heartbeat_ms.store(heartbeat_ms, Ordering::Relaxed);
+                self.synced.store(synced, Ordering::Release);
                 *self.peer.lock().expect("peer lock") = peer;
                 self.stale.store(false, Ordering::Release);
                 *self.volume.lock().expect("volume lock") = Some(volume);
@@ -400,6 +405,12 @@ impl MetaClient {
     pub async fn reset(&self) {
         self.stale.store(true, Ordering::Release);
         *self.conn.lock().await = None;
+    }
+
+    /// Whether the server syncs every change before acknowledging it (`--sync`), as it said in
+    /// its last Hello.
+    pub fn server_syncs(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 
     /// Whether lanes may be tried now.
@@ -555,13 +566,19 @@ impl MetaClient {
             .map_err(|e| e.to_string())?
             .ok_or("the server closed the connection")?;
         match frame::decode::<Response>(&body).map_err(|e| e.to_string())? {
-            Ok(Reply::Hello { session: s, .. }) if s == session => Ok(Lane {
-                client: self.id,
-                session,
-                sock,
-                rd,
-                next_id: 0,
-            }),
+            Ok(Reply::Hello {
+                session: s, synced, ..
+            }) if s == session => {
+                // A lane may be the first to meet a restarted server.
+                self.synced.store(synced, Ordering::Release);
+                Ok(Lane {
+                    client: self.id,
+                    session,
+                    sock,
+                    rd,
+                    next_id: 0,
+                })
+            }
             Ok(Reply::Hello { session: s, .. }) => {
                 Err(format!("attached to session {s}, not {session}"))
             }

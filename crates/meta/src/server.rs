@@ -834,6 +834,7 @@ fn hello_reply(shared: &Shared, session: u64) -> Reply {
         session,
         volume: shared.info.clone(),
         heartbeat_ms: shared.heartbeat.as_millis() as u64,
+        synced: shared.sync,
     }
 }
 

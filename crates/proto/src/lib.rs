@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the metadata RPC protocol; exchanged in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Inode number. 1 is the root directory of a volume.
 pub type Ino = u64;
@@ -556,6 +556,9 @@ pub enum Reply {
         session: u64,
         volume: VolumeInfo,
         heartbeat_ms: u64,
+        /// Every change this server acknowledges is on disk already (`--sync`): a client's
+        /// fsync needs no [`Request::Sync`] after its commit.
+        synced: bool,
     },
     /// Attributes of the inode a request found, changed or created.
     Attr(Attr),
