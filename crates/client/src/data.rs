@@ -329,6 +329,10 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// that an unlinked file closed here is reclaimed at once for any purpose a user can see.
 const RELEASE_BATCH_DELAY: Duration = Duration::from_millis(10);
 
+/// How many inodes without `security.capability` a mount remembers (8 bytes each) before it
+/// starts over.
+const NO_CAPS_MAX: usize = 1 << 20;
+
 impl FreshDirs {
     fn note(&self, dirs: &[Attr]) {
         let now = std::time::Instant::now();
@@ -749,6 +753,10 @@ impl Client {
                 name,
             )
             .await?;
+        if kind == FileKind::File {
+            // Nothing sets a capability on create: the first write need not ask the server.
+            self.remember_no_caps(a.ino);
+        }
         if open {
             // A created file is open for writing.
             self.track_open(&a).await;
@@ -960,6 +968,16 @@ impl Client {
         name == b"security.capability" && self.no_caps.lock().expect("caps lock").contains(&ino)
     }
 
+    /// Remember that `ino` has no `security.capability`, forgetting all such inodes once there
+    /// are [`NO_CAPS_MAX`] (a forgotten one costs one more request).
+    fn remember_no_caps(&self, ino: Ino) {
+        let mut set = self.no_caps.lock().expect("caps lock");
+        if set.len() >= NO_CAPS_MAX {
+            set.clear();
+        }
+        set.insert(ino);
+    }
+
     /// Value of an xattr.
     pub async fn getxattr(&self, ino: Ino, name: &[u8]) -> Result<Vec<u8>, RpcError> {
         let caps = name == b"security.capability";
@@ -978,7 +996,7 @@ impl Client {
             Ok(r) => Err(unexpected(r)),
             Err(e) => {
                 if caps && e.code == ErrorCode::NoXattr {
-                    self.no_caps.lock().expect("caps lock").insert(ino);
+                    self.remember_no_caps(ino);
                 }
                 Err(e)
             }
