@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command as Proc, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tracing::info;
+use tracing::{debug, info};
 
 /// Run the command; returns the process exit code.
 pub fn main(cli: Cli) -> i32 {
@@ -628,6 +628,23 @@ fn mount_start(a: MountArgs) -> anyhow::Result<()> {
     )
 }
 
+/// Turn transparent huge pages off for this process. mimalloc asks for them on its arenas, so
+/// while a mount's memory grows (the block cache filling), the first touch of each 2 MiB faulted
+/// in and zeroed a whole huge page inside one request: measured, one write in twenty of a
+/// small-file workload took 2.7 ms of CPU in the kernel's page clearing instead of 0.1 ms. With
+/// 4 KiB pages the same zeroing is spread over the requests that touch the memory.
+fn no_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments and changes only this
+    // process's memory policy.
+    let rc = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    if rc != 0 {
+        debug!(
+            "transparent huge pages stay on: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Mount `client` at `mountpoint` and serve until unmounted, or until `stop` completes or a
 /// signal arrives (both unmount first).
 fn serve_mount(
@@ -639,6 +656,7 @@ fn serve_mount(
     notify: bool,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    no_huge_pages();
     let store = client.store_description();
     let fs = CairnFuse::new(client, rt.handle().clone());
     let opts = MountOptions {
