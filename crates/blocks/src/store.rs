@@ -793,6 +793,45 @@ impl BlockStore {
         Ok(raw)
     }
 
+    /// Copies the object of `key` into the disk cache without decoding it: for background
+    /// copies that only warm the cache. Only its stored checksums are checked here (no
+    /// decompression, no key); every read of the copy checks it whole, as for any cached copy.
+    /// Nothing if there is no disk cache or the copy is there already.
+    pub async fn fetch_into_cache(&self, key: &BlockKey) -> Result<(), BlockError> {
+        let core = &self.inner.core;
+        let path = core.path(key);
+        let Some(cache) = &self.inner.cache else {
+            return Ok(());
+        };
+        if cache.contains(path.as_ref()) {
+            return Ok(());
+        }
+        let mut reason = None;
+        for _ in 0..2 {
+            let stored = async { core.data.get(&path).await?.bytes().await }
+                .await
+                .map_err(|e| core.error("get", &path, e))?;
+            let check = stored.clone();
+            match off_runtime(move || BlockCodec::check_stored(&check)).await {
+                Ok(()) => {
+                    cache.insert(path.as_ref(), stored).await;
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        path = %core.location.object_url(&path), reason = %e,
+                        "block object failed verification; reading it again"
+                    );
+                    reason = Some(e);
+                }
+            }
+        }
+        Err(BlockError::Corrupt {
+            path: core.location.object_url(&path),
+            reason: reason.expect("set by each failed attempt"),
+        })
+    }
+
     /// Raw bytes `range` of a block (clamped to the block's length), fetching only the frames
     /// that hold them; see the module doc. `block_len` is the raw length of the block as the
     /// caller knows it (from the block map): it sizes the first read so that header and frame
@@ -1450,6 +1489,38 @@ mod tests {
             store.get(&key(2)).await,
             Err(BlockError::NotFound { .. })
         ));
+    }
+
+    /// A background copy lands in the disk cache undecoded and serves later reads; an object
+    /// damaged on every read is reported and not copied.
+    #[tokio::test]
+    async fn fetch_into_cache_copies_checked_objects_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let faults = flaky(0, false);
+        over(&faults).put(&key(1), raw(1)).await.unwrap();
+        over(&faults).put(&key(2), raw(2)).await.unwrap();
+        let store = cached(&faults, lz4(), &cache_config(dir.path(), 1 << 30, false)).unwrap();
+        store.fetch_into_cache(&key(1)).await.unwrap();
+        assert!(store.is_cached(&key(1)));
+        let calls = faults.calls.load(Ordering::SeqCst);
+        assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
+        // Cached already: no request.
+        store.fetch_into_cache(&key(1)).await.unwrap();
+        assert_eq!(
+            faults.calls.load(Ordering::SeqCst),
+            calls,
+            "served by the cache"
+        );
+
+        faults.damaged_reads.store(2, Ordering::SeqCst);
+        let err = store.fetch_into_cache(&key(2)).await.unwrap_err();
+        assert!(matches!(err, BlockError::Corrupt { .. }), "{err:?}");
+        assert!(!store.is_cached(&key(2)));
+        // Damaged once: read again, then copied.
+        faults.damaged_reads.store(1, Ordering::SeqCst);
+        store.fetch_into_cache(&key(2)).await.unwrap();
+        assert!(store.is_cached(&key(2)));
+        assert_eq!(store.get(&key(2)).await.unwrap(), raw(2));
     }
 
     /// A put copies its block into the disk cache while it uploads; one that fails leaves no

@@ -1691,7 +1691,7 @@ impl Client {
             let key = me.key(ino, r.index, r.version);
             let whole = (ino, r.index, r.version, WHOLE);
             let result = if !keep {
-                me.store.get(&key).await.map(drop)
+                me.store.fetch_into_cache(&key).await
             } else {
                 match me.cache.get_value_or_guard_async(&whole).await {
                     Ok(_) => Ok(()),
