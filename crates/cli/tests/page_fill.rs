@@ -84,15 +84,19 @@ fn resident_pages(f: &File, offset: u64, len: u64) -> usize {
     }
 }
 
+/// A file `f` of `len` bytes stamped 1, open after a remount (nothing of it in the page cache).
+fn cold_stamped_file(c: &mut Cluster, len: u64) -> File {
+    write_stamped(&c.join("f"), len / PAGE, 1);
+    c.remount();
+    File::open(c.join("f")).expect("open")
+}
+
 /// One random 4 KiB read of a cold file brings its whole 64 KiB frame into the page cache, with
 /// the file's bytes; a sequential reader gets no fills (the kernel's read-ahead serves it).
 #[test]
 fn a_random_read_fills_its_frame() {
     let Some(mut c) = s3_cluster() else { return };
-    let path = c.join("f");
-    write_stamped(&path, 8 * MIB / PAGE, 1);
-    c.remount();
-    let f = File::open(c.join("f")).expect("open");
+    let f = cold_stamped_file(&mut c, 8 * MIB);
     let frame = MIB + 3 * FRAME;
     let mut buf = vec![0u8; PAGE as usize];
     f.read_exact_at(&mut buf, frame + 5 * PAGE).expect("read");
@@ -112,6 +116,44 @@ fn a_random_read_fills_its_frame() {
         f.read_exact_at(&mut buf, page * PAGE)
             .expect("read a filled page");
         assert_eq!(stamp_of(page, &buf, "a filled page"), 1);
+    }
+    c.assert_no_panics();
+}
+
+/// Once a block of a file read at random is local (the disk cache copies such a file whole), a
+/// random read of it hands the kernel the whole block, not just the frame around the read: a few
+/// reads make all 4 MiB of the block page cache hits, where frame fills would need 64.
+#[test]
+fn a_random_read_of_a_local_block_fills_the_whole_block() {
+    let Some(mut c) = s3_cluster() else { return };
+    let f = cold_stamped_file(&mut c, 8 * MIB);
+    let (block, block_len) = (4 * MIB, 4 * MIB);
+    let want = (block_len / PAGE) as usize;
+    let mut buf = vec![0u8; PAGE as usize];
+    // Each probe reads one page of a frame of the second block not read before; the first
+    // probes come before the file's copy is local and fill frames only.
+    let mut probes = 0;
+    let filled = wait_until(Duration::from_secs(20), || {
+        if resident_pages(&f, block, block_len) == want || probes == block_len / FRAME {
+            return true;
+        }
+        let at = block + probes * FRAME + PAGE;
+        probes += 1;
+        f.read_exact_at(&mut buf, at).expect("probe");
+        std::thread::sleep(Duration::from_millis(100));
+        resident_pages(&f, block, block_len) == want
+    });
+    assert!(
+        filled && probes < block_len / FRAME / 2,
+        "after {probes} random 4 KiB reads, {} of the {want} pages of the block are in the page \
+         cache (frame fills alone would take 64 reads)",
+        resident_pages(&f, block, block_len)
+    );
+    for p in (0..block_len / PAGE).step_by(37) {
+        let page = block / PAGE + p;
+        f.read_exact_at(&mut buf, page * PAGE)
+            .expect("read a filled page");
+        assert_eq!(stamp_of(page, &buf, "a page of the filled block"), 1);
     }
     c.assert_no_panics();
 }

@@ -6,7 +6,9 @@
 //! holds the whole block in memory). Giving the kernel the rest of that frame (the FUSE adapter
 //! does it with `FUSE_NOTIFY_STORE`, after the read is answered) turns the next reads of the frame
 //! into page cache hits, and a random reader of a file reaches the speed of memory sixteen times
-//! sooner. Sequential reads have the kernel's read-ahead and get no fills.
+//! sooner. Once a block is local (in memory whole, or in the disk cache), a random read of it
+//! hands the kernel the whole block instead, once per open: one miss per block, not per frame.
+//! Sequential reads have the kernel's read-ahead and get no fills.
 //!
 //! The danger is a store of bytes older than what the kernel should hold: a store is not a read
 //! the kernel asked for, it overwrites whatever pages are there and extends the kernel's file
@@ -43,8 +45,24 @@ pub struct PageFill {
     pub ino: Ino,
     /// (offset in the file, bytes) to store.
     pub parts: Vec<(u64, bytes::Bytes)>,
+    /// Whole blocks to store too, whose bytes the filler reads from the mount's caches
+    /// ([`crate::Client::block_for_fill`]): a block ref names bytes that never change, so they
+    /// are as current as the ticket whenever they are read.
+    pub blocks: Vec<BlockFill>,
     /// Taken with the bytes; checked by [`PageFills::begin`].
     pub ticket: Ticket,
+}
+
+/// A whole block of a file to hand the kernel: its committed version `r`, at file offset `at`,
+/// the first `len` bytes (the file's size may end inside it).
+#[derive(Clone, Copy, Debug)]
+pub struct BlockFill {
+    /// Offset of the block in the file.
+    pub at: u64,
+    /// The block as committed when the ticket was taken.
+    pub r: cairn_proto::BlockRef,
+    /// Bytes of it within the file.
+    pub len: u64,
 }
 
 #[derive(Default)]
@@ -198,6 +216,7 @@ mod tests {
     fn fill(ino: Ino, ticket: Ticket) -> PageFill {
         PageFill {
             ino,
+            blocks: Vec::new(),
             parts: Vec::new(),
             ticket,
         }

@@ -152,7 +152,7 @@ impl CairnFuse {
         let on = |var: &str| std::env::var(var).map_or(true, |v| v != "0");
         let inline = on("CAIRN_THREAD_LANES");
         let filler = on("CAIRN_PAGE_FILL")
-            .then(|| match PageFiller::start(client.clone()) {
+            .then(|| match PageFiller::start(client.clone(), rt.clone()) {
                 Ok(f) => Some(Arc::new(f)),
                 Err(e) => {
                     warn!("no page fills: cannot start their thread: {e}");

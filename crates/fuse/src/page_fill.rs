@@ -13,10 +13,14 @@ use cairn_client::{Client, PageFill};
 use fuser::{INodeNo, Notifier};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::{Arc, OnceLock};
+use tokio::runtime::Handle;
 use tracing::debug;
 
 /// Fills waiting for the thread; more are dropped.
 const QUEUE: usize = 128;
+
+/// Largest store handed to the kernel at once: a whole block goes in pieces.
+const STORE_CHUNK: usize = 1 << 20;
 
 /// Test knob: milliseconds each fill waits before its ticket is checked, and again once its
 /// store has begun, so that tests can make changes meet fills offered before them (which must
@@ -33,7 +37,7 @@ pub(crate) struct PageFiller {
 impl PageFiller {
     /// Start the thread; stores begin once [`PageFiller::connect`] gives it the session's
     /// notifier.
-    pub(crate) fn start(client: Arc<Client>) -> std::io::Result<PageFiller> {
+    pub(crate) fn start(client: Arc<Client>, rt: Handle) -> std::io::Result<PageFiller> {
         let (queue, fills) = sync_channel::<PageFill>(QUEUE);
         let notifier = Arc::new(OnceLock::<Notifier>::new());
         let kernel = Arc::clone(&notifier);
@@ -49,17 +53,30 @@ impl PageFiller {
                     if let Some(delay) = delay {
                         std::thread::sleep(delay);
                     }
+                    // Whole blocks are read before the store begins: their refs name bytes that
+                    // never change, and a change of the file meanwhile spoils the ticket.
+                    let blocks: Vec<_> = fill
+                        .blocks
+                        .iter()
+                        .filter_map(|b| {
+                            let data = rt.block_on(client.block_for_fill(fill.ino, b.r))?;
+                            Some((b.at, data.slice(..(b.len as usize).min(data.len()))))
+                        })
+                        .collect();
                     let Some(_storing) = client.begin_page_fill(&fill) else {
                         continue;
                     };
                     if let Some(delay) = delay {
                         std::thread::sleep(delay);
                     }
-                    for (offset, bytes) in &fill.parts {
-                        // ENOENT: the kernel has forgotten the inode; nothing to fill.
-                        if let Err(e) = kernel.store(INodeNo(fill.ino), *offset, bytes) {
-                            debug!(ino = fill.ino, offset, "page fill refused: {e}");
-                            break;
+                    'parts: for (offset, bytes) in fill.parts.iter().chain(&blocks) {
+                        for (i, piece) in bytes.chunks(STORE_CHUNK).enumerate() {
+                            let at = offset + (i * STORE_CHUNK) as u64;
+                            // ENOENT: the kernel has forgotten the inode; nothing to fill.
+                            if let Err(e) = kernel.store(INodeNo(fill.ino), at, piece) {
+                                debug!(ino = fill.ino, offset = at, "page fill refused: {e}");
+                                break 'parts;
+                            }
                         }
                     }
                 }
