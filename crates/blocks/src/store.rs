@@ -734,21 +734,10 @@ impl BlockStore {
         // copy of an object that never lands is only an unused entry; it is dropped at once when
         // the put fails, or when the bucket already held an equal object in another encoding.
         let (put, copied) = tokio::join!(put, cache.insert(path.as_ref(), stored));
-        match put {
-            Ok((len, true)) => Ok(len),
-            Ok((len, false)) => {
-                if copied {
-                    cache.remove(path.as_ref()).await;
-                }
-                Ok(len)
-            }
-            Err(e) => {
-                if copied {
-                    cache.remove(path.as_ref()).await;
-                }
-                Err(e)
-            }
+        if copied && !matches!(put, Ok((_, true))) {
+            cache.remove(path.as_ref()).await;
         }
+        put.map(|(len, _)| len)
     }
 
     /// With writeback, a put of a block already staged: Some(stored size) if it holds the same
@@ -806,30 +795,10 @@ impl BlockStore {
         if cache.contains(path.as_ref()) {
             return Ok(());
         }
-        let mut reason = None;
-        for _ in 0..2 {
-            let stored = async { core.data.get(&path).await?.bytes().await }
-                .await
-                .map_err(|e| core.error("get", &path, e))?;
-            let check = stored.clone();
-            match off_runtime(move || BlockCodec::check_stored(&check)).await {
-                Ok(()) => {
-                    cache.insert(path.as_ref(), stored).await;
-                    return Ok(());
-                }
-                Err(e) => {
-                    tracing::warn!(
-                        path = %core.location.object_url(&path), reason = %e,
-                        "block object failed verification; reading it again"
-                    );
-                    reason = Some(e);
-                }
-            }
-        }
-        Err(BlockError::Corrupt {
-            path: core.location.object_url(&path),
-            reason: reason.expect("set by each failed attempt"),
-        })
+        let check = |stored: Bytes| off_runtime(move || BlockCodec::check_stored(&stored));
+        let ((), stored) = core.read_checked(&core.data, "get", &path, check).await?;
+        cache.insert(path.as_ref(), stored).await;
+        Ok(())
     }
 
     /// Raw bytes `range` of a block (clamped to the block's length), fetching only the frames
@@ -1257,15 +1226,33 @@ impl Core {
         op: &'static str,
         path: &Path,
     ) -> Result<(Bytes, Bytes), BlockError> {
+        self.read_checked(store, op, path, |stored| self.decode(stored, path))
+            .await
+    }
+
+    /// Reads an object and passes its stored bytes to `check`, reading it a second time if the
+    /// check fails; reports it corrupt if the second read fails too. Returns what `check` gave
+    /// and the stored bytes.
+    async fn read_checked<T, F, Fut>(
+        &self,
+        store: &Arc<dyn ObjectStore>,
+        op: &'static str,
+        path: &Path,
+        check: F,
+    ) -> Result<(T, Bytes), BlockError>
+    where
+        F: Fn(Bytes) -> Fut,
+        Fut: std::future::Future<Output = Result<T, CodecError>>,
+    {
         let read = || async {
             let stored = async { store.get(path).await?.bytes().await }
                 .await
                 .map_err(|e| self.error(op, path, e))?;
-            let decoded = self.decode(stored.clone(), path).await;
-            Ok::<_, BlockError>((decoded, stored))
+            let checked = check(stored.clone()).await;
+            Ok::<_, BlockError>((checked, stored))
         };
         let reason = match read().await? {
-            (Ok(raw), stored) => return Ok((raw, stored)),
+            (Ok(value), stored) => return Ok((value, stored)),
             (Err(reason), _) => reason,
         };
         tracing::warn!(
@@ -1273,7 +1260,7 @@ impl Core {
             "block object failed verification; reading it again"
         );
         match read().await? {
-            (Ok(raw), stored) => Ok((raw, stored)),
+            (Ok(value), stored) => Ok((value, stored)),
             (Err(reason), _) => Err(BlockError::Corrupt {
                 path: self.location.object_url(path),
                 reason,

@@ -1771,26 +1771,33 @@ impl Client {
         {
             return None;
         }
+        let mut fills = self.block_fills.lock().expect("block fills lock");
+        // Handed over already: no need to look for the block in the caches (a key to format and
+        // the disk cache's index to lock, on a read path).
+        if fills
+            .get(&ino)
+            .is_some_and(|s| s.contains(&(r.index, r.version)))
+        {
+            return None;
+        }
         let local = self.cache.contains_key(&(ino, r.index, r.version, WHOLE))
             || self.store.is_cached(&self.key(ino, r.index, r.version));
         if !local {
             return None;
         }
-        let mut fills = self.block_fills.lock().expect("block fills lock");
         // Each file's set is bounded by its blocks and dropped at its last close; the files
         // are bounded here.
         if fills.len() >= BLOCK_FILL_FILES_MAX {
             fills.clear();
         }
-        fills
-            .entry(ino)
-            .or_default()
-            .insert((r.index, r.version))
-            .then_some(BlockFill { at: bstart, r, len })
+        fills.entry(ino).or_default().insert((r.index, r.version));
+        Some(BlockFill { at: bstart, r, len })
     }
 
     /// The bytes of block `r` for a fill, if it is still local: from the memory cache (not
-    /// counted as a use) or the disk cache; None otherwise (a fill never reads the bucket).
+    /// counted as a use) or the disk cache; None if it is in neither (a fill does not fetch a
+    /// block; only a cached copy that fails its check is read again from the bucket, as any
+    /// read of it would be).
     pub async fn block_for_fill(&self, ino: Ino, r: BlockRef) -> Option<Bytes> {
         if let Some(b) = self.cache.peek(&(ino, r.index, r.version, WHOLE)) {
             return Some(b);
