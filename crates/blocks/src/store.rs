@@ -186,8 +186,9 @@ pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Se
         Ok(value) => value,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            // Only when the runtime shuts down before the task starts; the caller's own task
-            // is being dropped then too.
+            // Only when the runtime shuts down before the task starts; a task of the runtime
+            // is being dropped then too, so only a thread outside it that waits with
+            // `block_on` can see this, and such threads run their blocking work inline.
             Err(e) => panic!("blocking task did not run: {e}"),
         },
     }

@@ -54,12 +54,17 @@ impl PageFiller {
                         std::thread::sleep(delay);
                     }
                     // Whole blocks are read before the store begins: their refs name bytes that
-                    // never change, and a change of the file meanwhile spoils the ticket.
+                    // never change, and a change of the file meanwhile spoils the ticket. The
+                    // cache reads run on this thread, which exists to wait: handed to the
+                    // runtime's blocking pool instead, a read under way when the mount stops
+                    // would be cancelled under this thread's feet.
                     let blocks: Vec<_> = fill
                         .blocks
                         .iter()
                         .filter_map(|b| {
-                            let data = rt.block_on(client.block_for_fill(fill.ino, b.r))?;
+                            let data = cairn_client::on_waiting_thread(|| {
+                                rt.block_on(client.block_for_fill(fill.ino, b.r))
+                            })?;
                             Some((b.at, data.slice(..(b.len as usize).min(data.len()))))
                         })
                         .collect();
