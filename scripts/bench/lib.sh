@@ -6,7 +6,7 @@
 #   bench_build                release cairn and cairn-bench ($CAIRN, $CAIRN_BENCH)
 #   start_seaweed              one `weed mini` on free loopback ports ($S3_ENDPOINT)
 #   create_bucket NAME         SigV4-signed PUT (curl --aws-sigv4)
-#   start_redis                private redis, no persistence ($REDIS_PORT)
+#   start_redis [durable]      private redis, no persistence or fsync per write ($REDIS_PORT)
 #   start_cairn_meta VOLUME    `cairn meta serve --sync` ($CAIRN_META; CAIRN_SYNC=0 drops --sync)
 #   mount_cairn VOLUME BUCKET MNT    its disk cache in $WORK/cairn-cache
 #   mount_juicefs NAME BUCKET MNT DB
@@ -244,16 +244,25 @@ create_bucket() {
 
 # --- redis (JuiceFS's metadata engine) ------------------------------------------------------------
 
+# start_redis [durable]: without an argument, no persistence at all (redis's own default keeps
+# only periodic snapshots; a JuiceFS deployment that must not lose acknowledged changes runs
+# redis with an append-only file fsynced at every write); `durable` is that: appendfsync always,
+# the same promise as `cairn meta serve --sync`. Sets REDIS_PORT (the newest one started).
 start_redis() {
+    local dir=$WORK/redis persist=(--appendonly no) what="no persistence"
+    if [[ ${1:-} == durable ]]; then
+        dir=$WORK/redis-durable persist=(--appendonly yes --appendfsync always)
+        what="appendonly, appendfsync always"
+    fi
     REDIS_PORT=$(free_ports 1)
-    mkdir -p "$WORK/redis"
-    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
-        --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" --daemonize no </dev/null &
+    mkdir -p "$dir"
+    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' "${persist[@]}" \
+        --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null &
     local pid=$!
     _PIDS+=("$pid")
     wait_for 30 "$pid" "redis on :$REDIS_PORT" redis-cli -p "$REDIS_PORT" ping ||
-        { tail -n 20 "$WORK/redis/redis.log" >&2; die "redis did not start"; }
-    log "redis $(redis-server --version | awk '{print $3}' | sed s/^v=//) on :$REDIS_PORT (pid $pid, no persistence)"
+        { tail -n 20 "$dir/redis.log" >&2; die "redis did not start"; }
+    log "redis $(redis-server --version | awk '{print $3}' | sed s/^v=//) on :$REDIS_PORT (pid $pid, $what)"
 }
 
 # --- cairn ----------------------------------------------------------------------------------------

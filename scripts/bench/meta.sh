@@ -4,8 +4,9 @@
 #   scripts/bench/meta.sh                 (usually through scripts/bench/run)
 #
 # Starts one `weed mini` (a bucket per filesystem), a private redis without persistence for
-# JuiceFS's metadata, and `cairn meta serve --sync`; mounts both; runs `cairn-bench meta` with
-# each thread count on each mount, alternating cairn and JuiceFS run by run; prints every raw line,
+# JuiceFS's metadata (and, with DURABLE, a second one that fsyncs every write, for a second
+# JuiceFS), and `cairn meta serve --sync`; mounts them; runs `cairn-bench meta` with each thread
+# count on each mount, alternating the filesystems run by run; prints every raw line,
 # then a table of medians. Everything it starts is stopped and unmounted on exit (see lib.sh).
 #
 # Environment (defaults in brackets):
@@ -24,6 +25,10 @@
 #               tracepoints do not exist]
 #   CAIRN_SYNC  0 runs the cairn metadata server without --sync, to see what fsync costs; the
 #               targets are for --sync [1]
+#   DURABLE     1 also runs a second JuiceFS whose redis fsyncs every write (appendonly,
+#               appendfsync always): the promise `cairn meta serve --sync` makes, which the
+#               default JuiceFS (redis without persistence) does not; shown beside the targets,
+#               which stay against the default JuiceFS [1]
 #   RESULTS     also write the raw lines to this file
 #   KEEP_WORK   1 keeps the work folder (logs) after a successful run [0]
 set -euo pipefail
@@ -47,6 +52,13 @@ start_redis
 start_cairn_meta bench
 mount_cairn bench cairn-bench "$WORK/mnt-cairn"
 mount_juicefs bench juicefs-bench "$WORK/mnt-juicefs" 1
+filesystems=(cairn juicefs)
+if [[ ${DURABLE:-1} == 1 ]]; then
+    create_bucket juicefs-durable-bench
+    start_redis durable
+    mount_juicefs durable juicefs-durable-bench "$WORK/mnt-juicefs-durable" 1
+    filesystems+=(juicefs-durable)
+fi
 
 raw=$WORK/meta.raw
 : >"$raw"
@@ -59,7 +71,7 @@ for mode in "${modes[@]}"; do
     [[ $mode == dropped ]] && extra=(--drop-caches)
     for threads in $THREADS; do
         for run in $(seq 1 "$RUNS"); do
-            for fs in cairn juicefs; do
+            for fs in "${filesystems[@]}"; do
                 out=$(timeout 600 "$CAIRN_BENCH" meta --dir "$WORK/mnt-$fs" --threads "$threads" \
                     --files "$FILES" "${extra[@]}") || die "cairn-bench meta on $fs failed (threads $threads, $mode)"
                 while read -r line; do
@@ -94,7 +106,8 @@ echo
 echo "meta: FILES=$FILES per run, median of $RUNS runs; kernel caches $CACHES before stat and unlink;"
 sync_note="--sync"
 [[ ${CAIRN_SYNC:-1} == 1 ]] || sync_note="WITHOUT --sync"
-echo "cairn meta serve $sync_note; JuiceFS on redis without persistence"
+echo "cairn meta serve $sync_note; JuiceFS on redis without persistence; 'durable': JuiceFS on redis"
+echo "with appendfsync always (every change on disk before it is acknowledged, as with --sync)"
 python3 - "$raw" <<'PY'
 import statistics, sys
 rows = {}
@@ -106,8 +119,11 @@ for line in open(sys.argv[1]):
     rows.setdefault(key, {}).setdefault(kv["fs"], []).append(float(kv["ops_per_sec"]))
 target = {"create": 2.0, "stat": 1.0, "unlink": 2.0}
 order = {"create": 0, "stat": 1, "unlink": 2}
-print(f"| {'workload':<14} | {'threads':>7} | {'cairn ops/s':>11} | {'juicefs ops/s':>13} | {'cairn/juicefs':>13} | {'target':>6} | {'met':>3} |")
-print(f"|{'-'*16}|{'-'*8}:|{'-'*12}:|{'-'*14}:|{'-'*14}:|{'-'*7}:|{'-'*5}|")
+durable = any("juicefs-durable" in r for r in rows.values())
+extra_head = f" {'durable ops/s':>13} | {'cairn/durable':>13} |" if durable else ""
+extra_rule = f"{'-'*14}:|{'-'*14}:|" if durable else ""
+print(f"| {'workload':<14} | {'threads':>7} | {'cairn ops/s':>11} | {'juicefs ops/s':>13} | {'cairn/juicefs':>13} | {'target':>6} | {'met':>3} |{extra_head}")
+print(f"|{'-'*16}|{'-'*8}:|{'-'*12}:|{'-'*14}:|{'-'*14}:|{'-'*7}:|{'-'*5}|{extra_rule}")
 modes = {k[0] for k in rows}
 for (mode, phase, threads) in sorted(rows, key=lambda k: (k[0] != "dropped", order.get(k[1], 9), k[2])):
     if mode == "kept" and phase == "create" and "dropped" in modes:
@@ -119,7 +135,11 @@ for (mode, phase, threads) in sorted(rows, key=lambda k: (k[0] != "dropped", ord
     t = target.get(phase)
     met = "-" if t is None else ("yes" if ratio >= t else "NO")
     ts = "-" if t is None else f">= {t:g}x"
-    print(f"| {name:<14} | {threads:>7} | {c:>11.0f} | {j:>13.0f} | {ratio:>12.2f}x | {ts:>6} | {met:>3} |")
+    extra = ""
+    if durable:
+        d = statistics.median(r["juicefs-durable"])
+        extra = f" {d:>13.0f} | {(c / d if d else float('inf')):>12.2f}x |"
+    print(f"| {name:<14} | {threads:>7} | {c:>11.0f} | {j:>13.0f} | {ratio:>12.2f}x | {ts:>6} | {met:>3} |{extra}")
 PY
 if [[ -s $requests ]]; then
     echo
