@@ -221,6 +221,9 @@ impl FileInner {
 
 struct FileState {
     inner: Mutex<FileInner>,
+    /// Blocks (index, version) handed to the kernel whole since the file's first open (see
+    /// [`Client::block_fill`]); goes with the state at the last close.
+    handed: StdMutex<std::collections::HashSet<(u64, u64)>>,
 }
 
 /// Key of the in-memory cache: (inode, block index, block version, part), where part is
@@ -285,9 +288,6 @@ pub struct Client {
     max_ra: u64,
     /// Bytes of the memory cache ([`ClientConfig::cache_bytes`]).
     cache_bytes: u64,
-    /// Blocks handed to the kernel whole, by file, since the file's last open (see
-    /// [`Client::block_fill`]).
-    block_fills: StdMutex<HashMap<Ino, std::collections::HashSet<(u64, u64)>>>,
     /// Largest file whose blocks are handed to the kernel whole.
     block_fill_max: u64,
     /// Inodes known to have no `security.capability` xattr: the kernel asks before every write.
@@ -333,10 +333,6 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// How long a close waits for others to share its release's trip to the server. Short enough
 /// that an unlinked file closed here is reclaimed at once for any purpose a user can see.
 const RELEASE_BATCH_DELAY: Duration = Duration::from_millis(10);
-
-/// Open files whose blocks handed to the kernel whole a mount remembers before it starts over
-/// (one more fill of a block the kernel may still hold is the only cost).
-const BLOCK_FILL_FILES_MAX: usize = 1 << 16;
 
 /// The host's memory in bytes (`MemTotal`), or 8 GiB if it cannot be read.
 fn host_memory() -> u64 {
@@ -475,7 +471,6 @@ impl Client {
             max_ra,
             cache_bytes: cfg.cache_bytes,
             no_caps: StdMutex::default(),
-            block_fills: StdMutex::default(),
             block_fill_max,
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
@@ -1061,6 +1056,7 @@ impl Client {
                     .or_insert_with(|| {
                         Arc::new(FileState {
                             inner: Mutex::new(FileInner::default()),
+                            handed: StdMutex::default(),
                         })
                     })
                     .clone()
@@ -1142,10 +1138,6 @@ impl Client {
             self.files.lock().expect("files lock").remove(&ino);
             self.page_fills.forget(ino);
             self.warming.lock().expect("warming lock").remove(&ino);
-            self.block_fills
-                .lock()
-                .expect("block fills lock")
-                .remove(&ino);
         }
     }
 
@@ -1758,6 +1750,7 @@ impl Client {
     /// the speed of memory after one miss per block, not one per frame.
     fn block_fill(
         &self,
+        f: &FileState,
         ino: Ino,
         r: BlockRef,
         bstart: u64,
@@ -1771,13 +1764,10 @@ impl Client {
         {
             return None;
         }
-        let mut fills = self.block_fills.lock().expect("block fills lock");
+        let mut handed = f.handed.lock().expect("handed blocks lock");
         // Handed over already: no need to look for the block in the caches (a key to format and
         // the disk cache's index to lock, on a read path).
-        if fills
-            .get(&ino)
-            .is_some_and(|s| s.contains(&(r.index, r.version)))
-        {
+        if handed.contains(&(r.index, r.version)) {
             return None;
         }
         let local = self.cache.contains_key(&(ino, r.index, r.version, WHOLE))
@@ -1785,12 +1775,7 @@ impl Client {
         if !local {
             return None;
         }
-        // Each file's set is bounded by its blocks and dropped at its last close; the files
-        // are bounded here.
-        if fills.len() >= BLOCK_FILL_FILES_MAX {
-            fills.clear();
-        }
-        fills.entry(ino).or_default().insert((r.index, r.version));
+        handed.insert((r.index, r.version));
         Some(BlockFill { at: bstart, r, len })
     }
 
@@ -2032,7 +2017,7 @@ impl Client {
             for (index, data, at, committed) in &blocks {
                 let Some(r) = committed else { continue };
                 let bstart = index * bs;
-                if let Some(b) = self.block_fill(ino, *r, bstart, offset..end, size) {
+                if let Some(b) = self.block_fill(&f, ino, *r, bstart, offset..end, size) {
                     whole.push(b);
                 } else if u64::from(len) < FRAME {
                     parts.extend(frames_around(bstart + at, data, offset..end, size));
