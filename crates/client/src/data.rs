@@ -333,6 +333,8 @@ const FRESH_FOR: Duration = Duration::from_secs(1);
 /// How long a close waits for others to share its release's trip to the server. Short enough
 /// that an unlinked file closed here is reclaimed at once for any purpose a user can see.
 const RELEASE_BATCH_DELAY: Duration = Duration::from_millis(10);
+/// Most closes in one Release request.
+const RELEASE_BATCH_MAX: usize = 4096;
 
 /// The host's memory in bytes (`MemTotal`), or 8 GiB if it cannot be read.
 fn host_memory() -> u64 {
@@ -1149,8 +1151,7 @@ impl Client {
         self.release_wake.notify_one();
     }
 
-    /// Send the releases queued by closes, a batch at a time; the batch's requests are in flight
-    /// together and share one commit.
+    /// Send the releases queued by closes, a batch at a time, in one request.
     async fn release_loop(me: std::sync::Weak<Client>) {
         loop {
             let Some(c) = me.upgrade() else { return };
@@ -1199,15 +1200,14 @@ impl Client {
         }
     }
 
-    /// Send the releases queued so far, all at once.
+    /// Send the releases queued so far, in one request (per `RELEASE_BATCH_MAX`).
     pub async fn flush_releases(&self) {
         let batch = std::mem::take(&mut *self.releases.lock().expect("releases lock"));
-        let sends = batch
-            .iter()
-            .map(|ino| self.call_empty(Request::Release { ino: *ino }));
-        for (ino, r) in batch.iter().zip(futures::future::join_all(sends).await) {
-            if let Err(e) = r {
-                warn!(ino, "release failed: {}", e.message);
+        for inos in batch.chunks(RELEASE_BATCH_MAX) {
+            let inos = inos.to_vec();
+            let count = inos.len();
+            if let Err(e) = self.call_empty(Request::Release { inos }).await {
+                warn!(count, "release of closed files failed: {}", e.message);
             }
         }
     }

@@ -5,16 +5,23 @@
 //!    session it had. The server opens a new session or resumes the old one.
 //! 2. Every later frame is one request, answered with the same request id, in completion order.
 //!    Point reads (lookup, getattr, ...) are answered on the connection task itself, mutations
-//!    by the committer thread, other reads on the blocking pool. Whoever has the answer writes
-//!    it to the socket (`ReplySink`): no hop through another task on the way out.
+//!    by the committer, other reads on the blocking pool. Whoever has the answer writes it to the
+//!    socket (`ReplySink`): no hop through another task on the way out.
 //! 3. A malformed frame closes the connection (the client reconnects and resends); it never takes
 //!    the server down.
 //!
-//! Mutations go through one committer thread (`committer`): it takes every mutation waiting,
+//! A lane (a mount thread's own connection, attached to its mount's session; see the client's
+//! rpc module) sends one request at a time and waits for each answer. Up to `LANE_THREADS_MAX`
+//! lanes are served each on a thread of its own (`serve_lane`), with blocking I/O: the thread
+//! that reads a request answers it, and commits a mutation itself when nobody is committing.
+//!
+//! Mutations are committed in batches (`Commits`): whoever commits takes every mutation waiting,
 //! runs each in its own overlay (so a failed one leaves no trace), stores each answer under
 //! (session, seq) in `Outcomes`, and commits the batch as one transaction with one fsync (group
-//! commit). A mutation that arrives again with a (session, seq) already answered gets the stored
-//! answer: a retry after a lost reply, a reconnect or a restart is applied exactly once.
+//! commit). The committer thread commits for the connections on the runtime; a lane thread that
+//! finds nobody committing commits what waits itself. A mutation that arrives again with a
+//! (session, seq) already answered gets the stored answer: a retry after a lost reply, a
+//! reconnect or a restart is applied exactly once.
 //!
 //! Sessions: a client heartbeats; a session not heard from for `session_timeout` is ended, which
 //! releases its locks and opens. After a restart every stored session gets a fresh timeout, so
@@ -34,11 +41,12 @@ use cairn_proto::frame;
 use cairn_proto::*;
 use std::collections::HashMap;
 use std::fs::File;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 use std::time::Instant;
 use tokio::net::{TcpListener, TcpStream};
@@ -103,12 +111,20 @@ impl FolderLock {
 struct Shared {
     fs: Arc<Fs<RedbStore>>,
     info: VolumeInfo,
-    commits: std::sync::mpsc::Sender<Job>,
+    commits: Arc<Commits>,
+    lanes: Arc<Lanes>,
     /// Last time each live session was heard from.
     seen: Mutex<HashMap<u64, Instant>>,
     heartbeat: Duration,
     /// Every change is synced before it is acknowledged (`--sync`).
     sync: bool,
+}
+
+impl Drop for Shared {
+    /// The last connection is gone: the committer thread ends once the queue is empty.
+    fn drop(&mut self) {
+        self.commits.close();
+    }
 }
 
 /// A mutation waiting for the committer.
@@ -120,30 +136,206 @@ struct Job {
     reply: ReplyTo,
 }
 
-/// Where the answer to a request goes: its connection and its request id.
+/// Where the answer to a request goes.
 struct ReplyTo {
-    sink: Arc<ReplySink>,
-    id: u64,
+    to: Dest,
     op: &'static str,
     session: u64,
 }
 
+/// A connection's sink and the request id, or the slot of the lane thread that waits for it.
+enum Dest {
+    Sink { sink: Arc<ReplySink>, id: u64 },
+    Slot(Arc<Slot>),
+}
+
 impl ReplyTo {
-    /// Encode and send the answer (a failed I/O or internal error is also logged here).
-    fn send(self, resp: &Response) {
-        if let Err(e) = resp {
-            if matches!(e.code, ErrorCode::Io | ErrorCode::Internal) {
-                warn!(
-                    op = self.op,
-                    session = self.session,
-                    "request failed: {}",
-                    e.message
-                );
-            }
+    /// Send the answer (a failed I/O or internal error is also logged here).
+    fn send(self, resp: Response) {
+        log_failure(self.op, self.session, &resp);
+        match self.to {
+            Dest::Sink { sink, id } => match frame::encode(id, &resp) {
+                Ok(buf) => sink.send(buf),
+                Err(e) => warn!(op = self.op, "cannot encode reply: {e}"),
+            },
+            Dest::Slot(slot) => slot.put(resp),
         }
-        match frame::encode(self.id, resp) {
-            Ok(buf) => self.sink.send(buf),
-            Err(e) => warn!(op = self.op, "cannot encode reply: {e}"),
+    }
+}
+
+/// Log an answer that reports a failure of the server itself (not of the request).
+fn log_failure(op: &str, session: u64, resp: &Response) {
+    if let Err(e) = resp {
+        if matches!(e.code, ErrorCode::Io | ErrorCode::Internal) {
+            warn!(op, session, "request failed: {}", e.message);
+        }
+    }
+}
+
+/// Where whoever commits a lane thread's mutation leaves the answer, if not that thread itself.
+#[derive(Default)]
+struct Slot {
+    answer: Mutex<Option<Response>>,
+    ready: Condvar,
+}
+
+impl Slot {
+    fn put(&self, resp: Response) {
+        *self.answer.lock().expect("slot lock") = Some(resp);
+        self.ready.notify_one();
+    }
+
+    /// Wait for the answer (at once if this thread committed it).
+    fn take(&self) -> Response {
+        let mut a = self.answer.lock().expect("slot lock");
+        loop {
+            if let Some(resp) = a.take() {
+                return resp;
+            }
+            a = self.ready.wait(a).expect("slot lock");
+        }
+    }
+}
+
+/// Most mutations in one transaction.
+const BATCH_MAX: usize = 512;
+
+/// Mutations waiting to be committed, and who commits them: one batch at a time (`busy`), all
+/// that waits in one transaction with one fsync (group commit). The committer thread takes the
+/// queue whenever nobody else is committing. A lane thread (see [`serve_lane`]) that finds
+/// nobody committing takes the queue itself, its own mutation last: its answer then wakes no
+/// other thread on the way.
+#[derive(Default)]
+struct Commits {
+    queue: Mutex<CommitQueue>,
+    /// Wakes the committer thread: work, the end of someone else's batch, or the end.
+    wake: Condvar,
+    /// Kept by whoever is committing (one at a time).
+    pruned: Mutex<Pruned>,
+}
+
+#[derive(Default)]
+struct CommitQueue {
+    jobs: Vec<Job>,
+    busy: bool,
+    closed: bool,
+}
+
+impl CommitQueue {
+    fn take_batch(&mut self) -> Vec<Job> {
+        if self.jobs.len() <= BATCH_MAX {
+            std::mem::take(&mut self.jobs)
+        } else {
+            self.jobs.drain(..BATCH_MAX).collect()
+        }
+    }
+}
+
+impl Commits {
+    /// Queue `job` for the committer thread.
+    fn submit(&self, job: Job) {
+        let mut q = self.queue.lock().expect("commit queue lock");
+        if q.closed {
+            drop(q);
+            return job.reply.send(Err(RpcError::new(
+                ErrorCode::Internal,
+                "the server is stopping",
+            )));
+        }
+        q.jobs.push(job);
+        let idle = !q.busy;
+        drop(q);
+        if idle {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Queue `job` and, if nobody is committing, commit the queue on this (blocking) thread.
+    fn submit_and_lead(&self, fs: &Fs<RedbStore>, job: Job) {
+        let mut q = self.queue.lock().expect("commit queue lock");
+        if q.closed || q.busy {
+            drop(q);
+            return self.submit(job);
+        }
+        q.jobs.push(job);
+        q.busy = true;
+        let batch = q.take_batch();
+        drop(q);
+        self.run(fs, batch);
+        let mut q = self.queue.lock().expect("commit queue lock");
+        q.busy = false;
+        let more = !q.jobs.is_empty();
+        drop(q);
+        if more {
+            self.wake.notify_one();
+        }
+    }
+
+    /// The committer thread: commit what waits whenever nobody else is; end once closed and
+    /// empty.
+    fn committer(&self, fs: &Fs<RedbStore>) {
+        loop {
+            let batch = {
+                let mut q = self.queue.lock().expect("commit queue lock");
+                loop {
+                    if !q.busy && !q.jobs.is_empty() {
+                        break;
+                    }
+                    if q.closed && q.jobs.is_empty() {
+                        return;
+                    }
+                    q = self.wake.wait(q).expect("commit queue lock");
+                }
+                q.busy = true;
+                q.take_batch()
+            };
+            self.run(fs, batch);
+            self.queue.lock().expect("commit queue lock").busy = false;
+        }
+    }
+
+    fn close(&self) {
+        self.queue.lock().expect("commit queue lock").closed = true;
+        self.wake.notify_one();
+    }
+
+    /// Run one batch: one transaction, one commit, and every answer sent.
+    fn run(&self, fs: &Fs<RedbStore>, batch: Vec<Job>) {
+        let mut pruned = self.pruned.lock().expect("pruned lock");
+        let run = |t: &mut dyn WriteTxn| {
+            let mut out = Vec::with_capacity(batch.len());
+            for job in &batch {
+                out.push(run_once(fs, t, job, &mut pruned)?);
+            }
+            Ok::<_, StoreError>(out)
+        };
+        // Opens and releases are session bookkeeping: a batch of only those skips the fsync
+        // (they are made durable with the next commit or flush).
+        let lazy = batch
+            .iter()
+            .all(|j| matches!(j.request, Request::Open { .. } | Request::Release { .. }));
+        let result = if lazy {
+            fs.store().write_lazy(run)
+        } else {
+            fs.store().write(run)
+        };
+        match result {
+            Ok(responses) => {
+                for (job, resp) in batch.into_iter().zip(responses) {
+                    job.reply.send(resp);
+                }
+            }
+            Err(e) => {
+                // Its deletions of answers did not happen: scan from 0 again.
+                *pruned = Pruned::default();
+                warn!("commit of {} metadata changes failed: {e}", batch.len());
+                for job in batch {
+                    job.reply.send(Err(RpcError::new(
+                        ErrorCode::Io,
+                        format!("commit failed: {e}"),
+                    )));
+                }
+            }
         }
     }
 }
@@ -260,6 +452,7 @@ pub struct MetaServer {
     shutdown: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     fs: Arc<Fs<RedbStore>>,
+    lanes: Arc<Lanes>,
     _lock: FolderLock,
 }
 
@@ -288,11 +481,12 @@ impl MetaServer {
             _ => anyhow!("cannot listen on {}: {e}; check --bind-addr", cfg.bind_addr),
         })?;
         let addr = listener.local_addr()?;
-        let (commits, rx) = std::sync::mpsc::channel();
-        let cfs = fs.clone();
+        let commits = Arc::new(Commits::default());
+        let (cfs, ccommits) = (fs.clone(), commits.clone());
         std::thread::Builder::new()
             .name("committer".into())
-            .spawn(move || committer(&cfs, rx))?;
+            .spawn(move || ccommits.committer(&cfs))?;
+        let lanes = Arc::new(Lanes::default());
         // Sessions from before a restart get a fresh timeout to reconnect in.
         let now = Instant::now();
         let seen = fs
@@ -305,6 +499,7 @@ impl MetaServer {
             fs: fs.clone(),
             info: info.clone(),
             commits,
+            lanes: lanes.clone(),
             seen: Mutex::new(seen),
             heartbeat: (cfg.session_timeout / 4).max(Duration::from_millis(100)),
             sync: cfg.sync,
@@ -323,6 +518,7 @@ impl MetaServer {
             shutdown,
             task,
             fs,
+            lanes,
             _lock: lock,
         })
     }
@@ -335,6 +531,7 @@ impl MetaServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
+        self.lanes.stop();
         let fs = self.fs.clone();
         tokio::task::spawn_blocking(move || fs.store().flush())
             .await?
@@ -448,59 +645,10 @@ async fn end_session(shared: &Shared, session: u64) -> Result<(), RpcError> {
         .map_err(|e| RpcError::new(ErrorCode::Io, e.to_string()))?
 }
 
-/// Run batches of mutations: one transaction and one commit for everything waiting.
-fn committer(fs: &Fs<RedbStore>, rx: std::sync::mpsc::Receiver<Job>) {
-    let mut pruned = Pruned::default();
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < 512 {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-        let run = |t: &mut dyn WriteTxn| {
-            let mut out = Vec::with_capacity(batch.len());
-            for job in &batch {
-                out.push(run_once(fs, t, job, &mut pruned)?);
-            }
-            Ok::<_, StoreError>(out)
-        };
-        // Opens and releases are session bookkeeping: a batch of only those skips the fsync
-        // (they are made durable with the next commit or flush).
-        let lazy = batch
-            .iter()
-            .all(|j| matches!(j.request, Request::Open { .. } | Request::Release { .. }));
-        let result = if lazy {
-            fs.store().write_lazy(run)
-        } else {
-            fs.store().write(run)
-        };
-        match result {
-            Ok(responses) => {
-                for (job, resp) in batch.into_iter().zip(responses) {
-                    job.reply.send(&resp);
-                }
-            }
-            Err(e) => {
-                // Its deletions of answers did not happen: scan from 0 again.
-                pruned = Pruned::default();
-                warn!("commit of {} metadata changes failed: {e}", batch.len());
-                for job in batch {
-                    job.reply.send(&Err(RpcError::new(
-                        ErrorCode::Io,
-                        format!("commit failed: {e}"),
-                    )));
-                }
-            }
-        }
-    }
-}
-
 /// Per session, the sequence number up to which stored answers are known deleted. The deletion
 /// of acknowledged answers then looks only at the numbers acknowledged since: a scan from 0
 /// would walk every answer deleted since the last checkpoint (they are tombstones in the
-/// memtable), thousands at a few thousand changes a second. Kept by the committer alone; after
+/// memtable), thousands at a few thousand changes a second. Kept by whoever commits (one at a time); after
 /// a restart it starts at 0, and the first scan of each session walks what is left.
 #[derive(Default)]
 struct Pruned(HashMap<u64, u64>);
@@ -595,22 +743,81 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, mut stop: watch
 }
 
 async fn connection(
-    sock: TcpStream,
+    mut sock: TcpStream,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
+    // A lane says so in its first frame; it is read before the socket is split and buffered, so
+    // that nothing is left behind in a buffer if the socket goes to a lane thread.
+    let frame = tokio::select! {
+        f = frame::read_frame(&mut sock) => f?,
+        _ = stop.changed() => return Ok(()),
+    };
+    let Some((id, body)) = frame else {
+        return Ok(());
+    };
+    let env: Envelope = frame::decode(&body)?;
+    if matches!(env.request, Request::Hello { attach: true, .. }) && shared.lanes.has_room() {
+        let Request::Hello {
+            protocol,
+            volume,
+            session: resume,
+            client,
+            attach,
+        } = env.request
+        else {
+            unreachable!("matched above")
+        };
+        let sh = shared.clone();
+        let resp = tokio::task::spawn_blocking(move || {
+            hello(&sh, protocol, &volume, resume, &client, attach)
+        })
+        .await?;
+        tokio::io::AsyncWriteExt::write_all(&mut sock, &frame::encode(id, &resp)?).await?;
+        let Ok(Reply::Hello { session, .. }) = resp else {
+            return Ok(());
+        };
+        let sock = sock.into_std()?;
+        sock.set_nonblocking(false)?;
+        // Full or stopping since `has_room`: closing the lane is safe (its mount sends the
+        // request it had no answer to on the multiplexed connection).
+        let Some(ticket) = shared.lanes.register(&sock) else {
+            return Ok(());
+        };
+        let lanes = shared.lanes.clone();
+        let spawned = std::thread::Builder::new()
+            .name("lane".into())
+            .spawn(move || {
+                match serve_lane(sock, &shared, session) {
+                    Ok(()) => debug!(session, "lane closed"),
+                    Err(e) => debug!(session, "lane dropped: {e:#}"),
+                }
+                shared.lanes.unregister(ticket);
+            });
+        if let Err(e) = spawned {
+            lanes.unregister(ticket);
+            warn!("cannot start a lane thread: {e}");
+        }
+        return Ok(());
+    }
     let (rd, wr) = sock.into_split();
     let mut rd = tokio::io::BufReader::with_capacity(64 << 10, rd);
     let sink = ReplySink::new(wr);
     let writer = tokio::spawn(sink.clone().drain());
     let mut session: Option<u64> = None;
+    let mut first = Some((id, env));
     loop {
-        let frame = tokio::select! {
-            f = frame::read_frame(&mut rd) => f?,
-            _ = stop.changed() => break,
+        let (id, env) = match first.take() {
+            Some(f) => f,
+            None => {
+                let frame = tokio::select! {
+                    f = frame::read_frame(&mut rd) => f?,
+                    _ = stop.changed() => break,
+                };
+                let Some((id, body)) = frame else { break };
+                (id, frame::decode::<Envelope>(&body)?)
+            }
         };
-        let Some((id, body)) = frame else { break };
-        let env: Envelope = frame::decode(&body)?;
         let op = env.request.op_name();
         if let Request::Hello {
             protocol,
@@ -639,130 +846,249 @@ async fn connection(
             sink.send(frame::encode(id, &resp)?);
             continue;
         };
-        if let Request::Backup { to } = &env.request {
-            let (fs, to) = (shared.fs.clone(), PathBuf::from(to));
-            let resp: Response =
-                match tokio::task::spawn_blocking(move || crate::backup::backup(&fs, &to)).await? {
-                    Ok(r) => {
-                        info!(
-                            inodes = r.inodes,
-                            entries = r.entries,
-                            "online backup written"
-                        );
-                        Ok(Reply::Backup {
-                            inodes: r.inodes,
-                            entries: r.entries,
-                            blocks: r.blocks,
-                        })
-                    }
-                    Err(e) => Err(RpcError::new(ErrorCode::Io, format!("{e:#}"))),
-                };
-            sink.send(frame::encode(id, &resp)?);
-            continue;
-        }
-        if let Request::Sync = env.request {
-            if shared.sync {
-                // Every change acknowledged so far is durable already; only opens and releases
-                // are logged lazily, and the next synced change persists them before anything
-                // that depends on them (docs/durability.md). An fsync of a small file saves a
-                // sync of the log and two thread hops.
-                let resp: Response = Ok(Reply::Empty);
+        match env.request {
+            Request::Heartbeat => {
+                sink.send(frame::encode(id, &heartbeat(&shared, sess))?);
+                continue;
+            }
+            // Every change acknowledged so far is durable already; only opens and releases
+            // are logged lazily, and the next synced change persists them before anything
+            // that depends on them (docs/durability.md). An fsync of a small file saves a
+            // sync of the log and two thread hops.
+            Request::Sync if shared.sync => {
+                sink.send(frame::encode(id, &Ok::<_, RpcError>(Reply::Empty))?);
+                continue;
+            }
+            Request::EndSession => {
+                let resp: Response = end_session(&shared, sess).await.map(|()| {
+                    info!(session = sess, "session ended by its mount");
+                    Reply::Empty
+                });
                 sink.send(frame::encode(id, &resp)?);
                 continue;
             }
-            // Durable on return: an empty synchronous commit persists every earlier one.
-            let (fs, sink) = (shared.fs.clone(), sink.clone());
-            tokio::spawn(async move {
-                let resp: Response = match tokio::task::spawn_blocking(move || fs.store().flush())
-                    .await
-                {
-                    Ok(Ok(())) => Ok(Reply::Empty),
-                    Ok(Err(e)) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
-                    Err(e) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
-                };
-                if let Ok(buf) = frame::encode(id, &resp) {
-                    sink.send(buf);
-                }
-            });
-            continue;
-        }
-        if let Request::EndSession = env.request {
-            let resp: Response = end_session(&shared, sess).await.map(|()| {
-                info!(session = sess, "session ended by its mount");
-                Reply::Empty
-            });
-            sink.send(frame::encode(id, &resp)?);
-            continue;
-        }
-        if let Request::Heartbeat = env.request {
-            let known = shared
-                .seen
-                .lock()
-                .expect("sessions lock")
-                .get_mut(&sess)
-                .map(|t| *t = Instant::now())
-                .is_some();
-            let resp: Response = if known {
-                Ok(Reply::Empty)
-            } else {
-                Err(RpcError::new(ErrorCode::Stale, "session expired"))
-            };
-            sink.send(frame::encode(id, &resp)?);
-            continue;
-        }
-        // Point reads are a few microseconds of redb: answer them here, without a hop to
-        // another task or thread.
-        if matches!(
-            env.request,
+            // Point reads are a few microseconds of redb: answer them here, without a hop to
+            // another task or thread.
             Request::Lookup { .. }
-                | Request::GetAttr { .. }
-                | Request::GetXattr { .. }
-                | Request::GetBlocks { .. }
-                | Request::GetLock { .. }
-                | Request::ReadLink { .. }
-        ) {
-            let resp = read(&shared.fs, sess, env.request);
-            sink.send(frame::encode(id, &resp)?);
-            continue;
+            | Request::GetAttr { .. }
+            | Request::GetXattr { .. }
+            | Request::GetBlocks { .. }
+            | Request::GetLock { .. }
+            | Request::ReadLink { .. } => {
+                let resp = read(&shared.fs, sess, env.request);
+                sink.send(frame::encode(id, &resp)?);
+                continue;
+            }
+            _ => {}
         }
         let reply = ReplyTo {
-            sink: sink.clone(),
-            id,
+            to: Dest::Sink {
+                sink: sink.clone(),
+                id,
+            },
             op,
             session: sess,
         };
         if env.request.is_mutation() {
-            // Straight to the committer thread, which sends the answer itself.
-            let job = Job {
+            // Straight to the committer, which sends the answer itself.
+            shared.commits.submit(Job {
                 session: sess,
                 seq: env.seq,
                 acked: env.acked,
                 request: env.request,
                 reply,
-            };
-            if let Err(std::sync::mpsc::SendError(job)) = shared.commits.send(job) {
-                job.reply.send(&Err(RpcError::new(
-                    ErrorCode::Internal,
-                    "committer stopped",
-                )));
-            }
+            });
             continue;
         }
-        let fs = shared.fs.clone();
+        // Backups, a durable Sync without --sync, listings: on the blocking pool.
+        let sh = shared.clone();
         tokio::spawn(async move {
-            let resp = match tokio::task::spawn_blocking(move || read(&fs, sess, env.request)).await
-            {
-                Ok(r) => r,
-                Err(e) => Err(RpcError::new(
-                    ErrorCode::Internal,
-                    format!("{op} failed: {e}"),
-                )),
-            };
-            reply.send(&resp);
+            let resp =
+                match tokio::task::spawn_blocking(move || blocking_answer(&sh, sess, env.request))
+                    .await
+                {
+                    Ok(r) => r,
+                    Err(e) => Err(RpcError::new(
+                        ErrorCode::Internal,
+                        format!("{op} failed: {e}"),
+                    )),
+                };
+            reply.send(resp);
         });
     }
     sink.close();
     let _ = writer.await;
+    Ok(())
+}
+
+/// Answer a Heartbeat: the session's timeout starts over, unless it has already ended.
+fn heartbeat(shared: &Shared, session: u64) -> Response {
+    let known = shared
+        .seen
+        .lock()
+        .expect("sessions lock")
+        .get_mut(&session)
+        .map(|t| *t = Instant::now())
+        .is_some();
+    if known {
+        Ok(Reply::Empty)
+    } else {
+        Err(RpcError::new(ErrorCode::Stale, "session expired"))
+    }
+}
+
+/// Answer a request that is neither a mutation nor session business, on a thread that may block:
+/// a backup, a Sync (durable on return), or a read.
+fn blocking_answer(shared: &Shared, session: u64, req: Request) -> Response {
+    match req {
+        Request::Backup { to } => match crate::backup::backup(&shared.fs, Path::new(&to)) {
+            Ok(r) => {
+                info!(
+                    inodes = r.inodes,
+                    entries = r.entries,
+                    "online backup written"
+                );
+                Ok(Reply::Backup {
+                    inodes: r.inodes,
+                    entries: r.entries,
+                    blocks: r.blocks,
+                })
+            }
+            Err(e) => Err(RpcError::new(ErrorCode::Io, format!("{e:#}"))),
+        },
+        // With --sync everything acknowledged is durable already (see `connection`).
+        Request::Sync if shared.sync => Ok(Reply::Empty),
+        // Durable on return: an empty synchronous commit persists every earlier one.
+        Request::Sync => match shared.fs.store().flush() {
+            Ok(()) => Ok(Reply::Empty),
+            Err(e) => Err(RpcError::new(ErrorCode::Io, format!("sync failed: {e}"))),
+        },
+        req => read(&shared.fs, session, req),
+    }
+}
+
+/// Lane connections served on threads of their own, so that a stopping server can end them,
+/// and so that a crowd of mounts cannot make the server start threads without bound.
+#[derive(Default)]
+struct Lanes {
+    state: Mutex<LaneSet>,
+}
+
+#[derive(Default)]
+struct LaneSet {
+    socks: HashMap<u64, std::net::TcpStream>,
+    next: u64,
+    stopping: bool,
+}
+
+/// Most lanes served on threads; more are served like any connection, on the runtime.
+const LANE_THREADS_MAX: usize = 256;
+
+/// A lane with nothing to ask for this long is closed; its mount opens another when it needs
+/// one. Bounds what a mount that vanished without closing its connections holds.
+const LANE_IDLE: Duration = Duration::from_secs(300);
+
+impl Lanes {
+    fn has_room(&self) -> bool {
+        let st = self.state.lock().expect("lanes lock");
+        !st.stopping && st.socks.len() < LANE_THREADS_MAX
+    }
+
+    /// Keep a handle on `sock` to end it when the server stops; `None` if stopping or full.
+    fn register(&self, sock: &std::net::TcpStream) -> Option<u64> {
+        let mut st = self.state.lock().expect("lanes lock");
+        if st.stopping || st.socks.len() >= LANE_THREADS_MAX {
+            return None;
+        }
+        let handle = sock.try_clone().ok()?;
+        st.next += 1;
+        let ticket = st.next;
+        st.socks.insert(ticket, handle);
+        Some(ticket)
+    }
+
+    fn unregister(&self, ticket: u64) {
+        self.state.lock().expect("lanes lock").socks.remove(&ticket);
+    }
+
+    /// End every lane: their threads see the end of their connection and return.
+    fn stop(&self) {
+        let mut st = self.state.lock().expect("lanes lock");
+        st.stopping = true;
+        for sock in st.socks.values() {
+            let _ = sock.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Serve a lane (a mount thread's own connection: one request at a time, each answered before
+/// the next is sent) on this thread, with blocking I/O. The thread that reads a request answers
+/// it, and commits a mutation itself when nobody else is committing. Through the runtime, a
+/// mutation wakes the connection task and then the committer thread on its way in; on a virtual
+/// machine each wake-up costs tens of microseconds of a create that takes a few hundred.
+fn serve_lane(
+    sock: std::net::TcpStream,
+    shared: &Arc<Shared>,
+    mut session: u64,
+) -> anyhow::Result<()> {
+    sock.set_read_timeout(Some(LANE_IDLE))?;
+    // A mount that stops reading its answers holds this thread, not the server.
+    sock.set_write_timeout(Some(Duration::from_secs(30)))?;
+    let mut rd = std::io::BufReader::with_capacity(64 << 10, sock.try_clone()?);
+    let mut wr = sock;
+    let slot = Arc::new(Slot::default());
+    while let Some((id, body)) = frame::read_frame_blocking(&mut rd)? {
+        let env: Envelope = frame::decode(&body)?;
+        let op = env.request.op_name();
+        let resp = match env.request {
+            Request::Hello {
+                protocol,
+                volume,
+                session: resume,
+                client,
+                attach,
+            } => {
+                let resp = hello(shared, protocol, &volume, resume, &client, attach);
+                if let Ok(Reply::Hello { session: s, .. }) = &resp {
+                    session = *s;
+                }
+                resp
+            }
+            Request::Heartbeat => heartbeat(shared, session),
+            Request::EndSession => {
+                shared.seen.lock().expect("sessions lock").remove(&session);
+                let fs = &shared.fs;
+                fs.store()
+                    .write(|t| fs.end_session_in(t, session))
+                    .map(|()| {
+                        info!(session, "session ended by its mount");
+                        Reply::Empty
+                    })
+            }
+            request if request.is_mutation() => {
+                let reply = ReplyTo {
+                    to: Dest::Slot(slot.clone()),
+                    op,
+                    session,
+                };
+                let job = Job {
+                    session,
+                    seq: env.seq,
+                    acked: env.acked,
+                    request,
+                    reply,
+                };
+                shared.commits.submit_and_lead(&shared.fs, job);
+                // Logged by whoever committed it.
+                let resp = slot.take();
+                wr.write_all(&frame::encode(id, &resp)?)?;
+                continue;
+            }
+            request => blocking_answer(shared, session, request),
+        };
+        log_failure(op, session, &resp);
+        wr.write_all(&frame::encode(id, &resp)?)?;
+    }
     Ok(())
 }
 
@@ -1033,8 +1359,10 @@ pub fn apply_in<S: MetaStore>(
             Reply::Empty
         }
         Request::Open { ino } => Reply::Attr(fs.open_in(t, *ino, session)?),
-        Request::Release { ino } => {
-            fs.release_in(t, *ino, session)?;
+        Request::Release { inos } => {
+            for ino in inos {
+                fs.release_in(t, *ino, session)?;
+            }
             Reply::Empty
         }
         Request::CommitWrite {

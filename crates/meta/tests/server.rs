@@ -193,6 +193,96 @@ async fn concurrent_mutations_share_commits_and_all_land() {
     server.stop().await.unwrap();
 }
 
+async fn count_root_entries(c: &mut Raw) -> usize {
+    let Ok(Reply::Dir {
+        entries, eof: true, ..
+    }) = c
+        .send(
+            0,
+            Request::ReadDir {
+                ino: ROOT_INO,
+                cookie: 0,
+                limit: 4096,
+                plus: false,
+            },
+        )
+        .await
+    else {
+        panic!("readdir failed")
+    };
+    entries.len()
+}
+
+/// Lanes are served on threads of their own that commit for themselves when nobody else is
+/// committing: mutations from lanes and from shared connections at once all land once (a resend
+/// gets the first answer), reads and heartbeats are answered on a lane, and a stop ends the
+/// lanes still open, so that the next server on the folder opens it with everything there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lanes_and_shared_connections_commit_together_and_a_stop_ends_the_lanes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let addr = server.local_addr();
+    let mut main = Raw::connect(addr, None).await;
+    let session = main.session;
+    let mut tasks = Vec::new();
+    for t in 0..8u64 {
+        tasks.push(tokio::spawn(async move {
+            let mut c = if t % 2 == 0 {
+                let (lane, resp) = Raw::hello(addr, Some(session), true).await;
+                assert!(resp.is_ok(), "{resp:?}");
+                lane
+            } else {
+                Raw::connect(addr, None).await
+            };
+            for i in 0..50u64 {
+                let seq = t * 1000 + i + 1;
+                let first = c.send(seq, mknod(&format!("t{t}-{i}"))).await.unwrap();
+                if i % 10 == 0 {
+                    assert_eq!(
+                        c.send(seq, mknod(&format!("t{t}-{i}"))).await.unwrap(),
+                        first
+                    );
+                }
+            }
+            let found = c
+                .send(
+                    0,
+                    Request::Lookup {
+                        parent: ROOT_INO,
+                        name: format!("t{t}-0").into(),
+                    },
+                )
+                .await;
+            assert!(matches!(found, Ok(Reply::Attr(_))), "{found:?}");
+            assert_eq!(c.send(0, Request::Heartbeat).await, Ok(Reply::Empty));
+            c
+        }));
+    }
+    let mut open = Vec::new();
+    for t in tasks {
+        open.push(t.await.unwrap());
+    }
+    assert_eq!(count_root_entries(&mut main).await, 400);
+    // Lanes and connections still open: the stop ends them all and lets go of the folder.
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("stop ends the lanes still open")
+        .unwrap();
+    for mut c in open {
+        let mut buf = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut c.sock, &mut buf);
+        let n = tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .expect("the server closes the connection")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "the connection is closed");
+    }
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let mut c = Raw::connect(server.local_addr(), None).await;
+    assert_eq!(count_root_entries(&mut c).await, 400);
+    server.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn an_expired_session_releases_its_locks() {
     let dir = tempfile::tempdir().unwrap();

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Version of the metadata RPC protocol; exchanged in [`Request::Hello`].
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// Inode number. 1 is the root directory of a volume.
 pub type Ino = u64;
@@ -397,8 +397,10 @@ pub enum Request {
     RemoveXattr { ino: Ino, name: Vec<u8> },
     /// Note that the session holds the inode open (keeps an unlinked inode alive).
     Open { ino: Ino },
-    /// Drop one open of the inode by the session; the last one frees an unlinked inode.
-    Release { ino: Ino },
+    /// Drop one open by the session of each inode listed (an inode listed twice, two); the last
+    /// open of an unlinked inode frees it. Many closes in one request: a mount sends them
+    /// together a few milliseconds after they happen.
+    Release { inos: Vec<Ino> },
     /// Block map entries with `first <= index < first + count`.
     GetBlocks { ino: Ino, first: u64, count: u64 },
     /// Commit blocks already durable in object storage, and grow the file to at least `size`.
