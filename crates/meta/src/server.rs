@@ -175,24 +175,37 @@ fn log_failure(op: &str, session: u64, resp: &Response) {
 /// Where whoever commits a lane thread's mutation leaves the answer, if not that thread itself.
 #[derive(Default)]
 struct Slot {
-    answer: Mutex<Option<Response>>,
+    state: Mutex<SlotState>,
     ready: Condvar,
+}
+
+#[derive(Default)]
+struct SlotState {
+    answer: Option<Response>,
+    /// The lane thread sleeps on `ready`: only then is a wake-up (a system call) needed.
+    waiting: bool,
 }
 
 impl Slot {
     fn put(&self, resp: Response) {
-        *self.answer.lock().expect("slot lock") = Some(resp);
-        self.ready.notify_one();
+        let mut st = self.state.lock().expect("slot lock");
+        st.answer = Some(resp);
+        if st.waiting {
+            drop(st);
+            self.ready.notify_one();
+        }
     }
 
     /// Wait for the answer (at once if this thread committed it).
     fn take(&self) -> Response {
-        let mut a = self.answer.lock().expect("slot lock");
+        let mut st = self.state.lock().expect("slot lock");
         loop {
-            if let Some(resp) = a.take() {
+            if let Some(resp) = st.answer.take() {
+                st.waiting = false;
                 return resp;
             }
-            a = self.ready.wait(a).expect("slot lock");
+            st.waiting = true;
+            st = self.ready.wait(st).expect("slot lock");
         }
     }
 }

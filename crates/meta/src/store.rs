@@ -636,6 +636,7 @@ impl RedbStore {
     /// Apply `layers` (oldest first) to redb in one synced transaction that records `upto` as
     /// the last log record the database holds.
     fn apply(&self, layers: &[&Writes], upto: u64) -> Result<(), StoreError> {
+        let started = Instant::now();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         for rows in layers {
@@ -658,6 +659,12 @@ impl RedbStore {
         txn.open_table(Table::Super.def())?
             .insert(keys::REDO_CHECKPOINT, &upto.to_be_bytes()[..])?;
         txn.commit()?;
+        tracing::debug!(
+            keys = layers.iter().map(|l| l.len()).sum::<usize>(),
+            upto,
+            took_ms = started.elapsed().as_millis() as u64,
+            "checkpoint applied to the database"
+        );
         Ok(())
     }
 }
