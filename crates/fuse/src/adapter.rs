@@ -9,6 +9,7 @@ use fuser::{
     ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
     ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
+use std::cell::Cell;
 use std::ffi::OsStr;
 use std::future::Future;
 use std::os::unix::ffi::OsStrExt;
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::runtime::Handle;
-use tracing::{warn, Instrument};
+use tracing::warn;
 
 /// How long the kernel may trust attributes and entries before asking again.
 const TTL: Duration = Duration::from_secs(1);
@@ -57,10 +58,34 @@ pub fn errno(code: ErrorCode) -> Errno {
     }
 }
 
+thread_local! {
+    /// The FUSE request whose future this thread is polling (operation, inode), named by the
+    /// log line of its failure. A tracing span per request did this and cost about 5% of a
+    /// one-thread create or unlink: the subscriber registers and formats every span, though
+    /// almost none ever has a line logged in it.
+    static REQUEST: Cell<Option<(&'static str, u64)>> = const { Cell::new(None) };
+}
+
+/// `fut`, which makes its request (operation, inode) the thread's [`REQUEST`] while it is
+/// polled.
+async fn in_request<F: Future>(op: &'static str, ino: u64, fut: F) -> F::Output {
+    let mut fut = std::pin::pin!(fut);
+    std::future::poll_fn(move |cx| {
+        let outer = REQUEST.replace(Some((op, ino)));
+        let polled = fut.as_mut().poll(cx);
+        REQUEST.set(outer);
+        polled
+    })
+    .await
+}
+
+/// The errno for a failed request; a failure of the mount or its servers (not of the request)
+/// is logged with the request's operation and inode.
 fn reply_err(op: &str, e: &RpcError) -> Errno {
     match e.code {
         ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unavailable => {
-            warn!(op, "failed: {}", e.message)
+            let ino = REQUEST.get().map(|(_, ino)| ino);
+            warn!(op, ino, "request failed: {}", e.message)
         }
         _ => {}
     }
@@ -173,22 +198,12 @@ impl CairnFuse {
         self.filler.clone()
     }
 
-    /// A request's future, in its span.
-    fn task<F: Future>(
-        &self,
-        op: &'static str,
-        ino: u64,
-        f: impl FnOnce(Arc<Client>) -> F,
-    ) -> tracing::instrument::Instrumented<F> {
-        f(self.client.clone()).instrument(tracing::warn_span!("fuse", op, ino))
-    }
-
     /// Run a request's future on the runtime.
     fn spawn<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(self.task(op, ino, f));
+        self.rt.spawn(in_request(op, ino, f(self.client.clone())));
     }
 
     /// Start a request on this FUSE thread: its first poll runs here, as a thread that may wait
@@ -207,7 +222,7 @@ impl CairnFuse {
         if !self.inline {
             return self.spawn(op, ino, f);
         }
-        let mut fut = Box::pin(self.task(op, ino, f));
+        let mut fut = Box::pin(in_request(op, ino, f(self.client.clone())));
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = cairn_client::on_waiting_thread(|| fut.as_mut().poll(&mut cx));
