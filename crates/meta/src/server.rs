@@ -679,6 +679,10 @@ impl Pruned {
     }
 }
 
+/// Answers a session has acknowledged are deleted once this many have gathered: one scan of
+/// the session's answers per this many mutations, not one per mutation.
+const PRUNE_EVERY: u64 = 64;
+
 /// Apply one mutation exactly once: return the stored answer of an earlier attempt, or run it in
 /// an overlay and keep its changes and answer only if it succeeds.
 fn run_once(
@@ -702,7 +706,7 @@ fn run_once(
             )));
         }
         let from = pruned.get(job.session);
-        if job.acked > from {
+        if job.acked >= from + PRUNE_EVERY {
             let old = t.range(
                 Table::Outcomes,
                 &kk(job.session, from),

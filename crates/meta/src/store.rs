@@ -733,7 +733,48 @@ fn apply_write_set(txn: &redb::WriteTransaction, mut p: &[u8]) -> Result<(), Sto
     Ok(())
 }
 
-struct RedbRead(redb::ReadTransaction);
+struct RedbRead {
+    txn: redb::ReadTransaction,
+    /// Tables opened so far, by [`Table::index`]: opening one walks redb's table tree, and a
+    /// commit reads the same few tables again and again.
+    open: [OnceCell<RedbReadTable>; Table::ALL.len()],
+}
+
+/// A table open in a redb read transaction.
+type RedbReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
+
+impl RedbRead {
+    fn new(txn: redb::ReadTransaction) -> RedbRead {
+        RedbRead {
+            txn,
+            open: Default::default(),
+        }
+    }
+
+    fn table(&self, table: Table) -> Result<&RedbReadTable, StoreError> {
+        let slot = &self.open[usize::from(table.index())];
+        if let Some(t) = slot.get() {
+            return Ok(t);
+        }
+        let t = self.txn.open_table(table.def())?;
+        Ok(slot.get_or_init(|| t))
+    }
+}
+
+impl ReadTxn for RedbRead {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.table(table)?.get(key)?.map(|v| v.value().to_vec()))
+    }
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
+        scan(self.table(table)?, start, end, limit)
+    }
+}
 
 /// A table open in a redb write transaction.
 type RedbTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
@@ -761,30 +802,22 @@ fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     Ok(out)
 }
 
-/// One `ReadTxn` impl for both redb transaction kinds: they differ only in the table type
-/// `open_table` returns.
-macro_rules! redb_reads {
-    ($txn:ty) => {
-        impl ReadTxn for $txn {
-            fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-                let t = self.0.open_table(table.def())?;
-                let v = t.get(key)?.map(|v| v.value().to_vec());
-                Ok(v)
-            }
-            fn range(
-                &self,
-                table: Table,
-                start: &[u8],
-                end: &[u8],
-                limit: usize,
-            ) -> Result<Pairs, StoreError> {
-                scan(&self.0.open_table(table.def())?, start, end, limit)
-            }
-        }
-    };
+impl ReadTxn for RedbWrite {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        let t = self.0.open_table(table.def())?;
+        let v = t.get(key)?.map(|v| v.value().to_vec());
+        Ok(v)
+    }
+    fn range(
+        &self,
+        table: Table,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Pairs, StoreError> {
+        scan(&self.0.open_table(table.def())?, start, end, limit)
+    }
 }
-redb_reads!(RedbRead);
-redb_reads!(RedbWrite);
 
 impl WriteTxn for RedbWrite {
     fn put(&mut self, table: Table, key: &[u8], value: &[u8]) -> Result<(), StoreError> {
@@ -816,7 +849,7 @@ impl<'a> Snapshot<'a> {
         if let Some(t) = self.txn.get() {
             return Ok(t);
         }
-        let t = RedbRead(self.db.begin_read()?);
+        let t = RedbRead::new(self.db.begin_read()?);
         Ok(self.txn.get_or_init(|| t))
     }
 }
@@ -888,7 +921,7 @@ impl MetaStore for RedbStore {
         f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>,
     ) -> Result<R, E> {
         let Some(lg) = &self.log else {
-            let txn = RedbRead(self.db.begin_read().map_err(StoreError::from)?);
+            let txn = RedbRead::new(self.db.begin_read().map_err(StoreError::from)?);
             return f(&txn);
         };
         // The lock rule: the memtable's read lock first and for the whole read.
@@ -1000,7 +1033,7 @@ mod tests {
 
     /// What redb alone holds, without the memtable.
     fn in_db(s: &RedbStore) -> String {
-        range(&RedbRead(s.db.begin_read().unwrap()), usize::MAX)
+        range(&RedbRead::new(s.db.begin_read().unwrap()), usize::MAX)
     }
 
     /// Rows in redb, then a frozen table over them, then the active table over that, then a
