@@ -66,10 +66,15 @@ impl Raw {
     }
 
     async fn send(&mut self, seq: u64, request: Request) -> Response {
+        self.send_acked(seq, 0, request).await
+    }
+
+    /// Send, saying that every mutation up to `acked` has had its answer.
+    async fn send_acked(&mut self, seq: u64, acked: u64, request: Request) -> Response {
         let env = Envelope {
             session: self.session,
             seq,
-            acked: 0,
+            acked,
             request,
         };
         self.next += 1;
@@ -281,6 +286,37 @@ async fn lanes_and_shared_connections_commit_together_and_a_stop_ends_the_lanes(
     let mut c = Raw::connect(server.local_addr(), None).await;
     assert_eq!(count_root_entries(&mut c).await, 400);
     server.stop().await.unwrap();
+}
+
+/// The server keeps the answers of a session's mutations until the session says it has them,
+/// and then drops them: after 300 acknowledged mutations only the last few dozen are stored.
+#[tokio::test]
+async fn acknowledged_answers_are_dropped() {
+    use cairn_meta::store::{MetaStore, RedbStore, StoreError, Table};
+    let dir = tempfile::tempdir().unwrap();
+    let server = MetaServer::start(config(dir.path(), true)).await.unwrap();
+    let mut c = Raw::connect(server.local_addr(), None).await;
+    for seq in 1..=300u64 {
+        c.send_acked(seq, seq - 1, mknod(&format!("f{seq}")))
+            .await
+            .unwrap();
+    }
+    server.stop().await.unwrap();
+    let store = RedbStore::open_logged(
+        &dir.path().join(cairn_meta::server::DB_FILE),
+        &dir.path().join(cairn_meta::server::REDO_FILE),
+        false,
+    )
+    .unwrap();
+    let kept = store
+        .read(|t| {
+            Ok::<_, StoreError>(
+                t.range(Table::Outcomes, &[], &[0xff; 17], usize::MAX)?
+                    .len(),
+            )
+        })
+        .unwrap();
+    assert!((1..=70).contains(&kept), "{kept} answers kept of 300");
 }
 
 #[tokio::test]
