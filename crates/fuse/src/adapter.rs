@@ -59,21 +59,20 @@ pub fn errno(code: ErrorCode) -> Errno {
 }
 
 thread_local! {
-    /// The FUSE request whose future this thread is polling (operation, inode), named by the
-    /// log line of its failure. A tracing span per request did this and cost about 5% of a
+    /// The inode of the FUSE request whose future this thread is polling, named by the log line
+    /// of its failure. A tracing span per request did this and cost about 5% of a
     /// one-thread create or unlink: the subscriber registers and formats every span, though
     /// almost none ever has a line logged in it.
-    static REQUEST: Cell<Option<(&'static str, u64)>> = const { Cell::new(None) };
+    static REQUEST_INO: Cell<Option<u64>> = const { Cell::new(None) };
 }
 
-/// `fut`, which makes its request (operation, inode) the thread's [`REQUEST`] while it is
-/// polled.
-async fn in_request<F: Future>(op: &'static str, ino: u64, fut: F) -> F::Output {
+/// `fut`, which makes its request's inode the thread's [`REQUEST_INO`] while it is polled.
+async fn in_request<F: Future>(ino: u64, fut: F) -> F::Output {
     let mut fut = std::pin::pin!(fut);
     std::future::poll_fn(move |cx| {
-        let outer = REQUEST.replace(Some((op, ino)));
+        let outer = REQUEST_INO.replace(Some(ino));
         let polled = fut.as_mut().poll(cx);
-        REQUEST.set(outer);
+        REQUEST_INO.set(outer);
         polled
     })
     .await
@@ -84,7 +83,7 @@ async fn in_request<F: Future>(op: &'static str, ino: u64, fut: F) -> F::Output 
 fn reply_err(op: &str, e: &RpcError) -> Errno {
     match e.code {
         ErrorCode::Io | ErrorCode::Internal | ErrorCode::Unavailable => {
-            let ino = REQUEST.get().map(|(_, ino)| ino);
+            let ino = REQUEST_INO.get();
             warn!(op, ino, "request failed: {}", e.message)
         }
         _ => {}
@@ -199,11 +198,11 @@ impl CairnFuse {
     }
 
     /// Run a request's future on the runtime.
-    fn spawn<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
+    fn spawn<F>(&self, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.rt.spawn(in_request(op, ino, f(self.client.clone())));
+        self.rt.spawn(in_request(ino, f(self.client.clone())));
     }
 
     /// Start a request on this FUSE thread: its first poll runs here, as a thread that may wait
@@ -215,14 +214,14 @@ impl CairnFuse {
     /// copies into the file's buffer, is answered by the thread that received it. Not for
     /// requests that mostly wait (fsync, lock waits): a FUSE thread must not spend long on one
     /// request while others queue behind it.
-    fn run<F>(&self, op: &'static str, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
+    fn run<F>(&self, ino: u64, f: impl FnOnce(Arc<Client>) -> F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
         if !self.inline {
-            return self.spawn(op, ino, f);
+            return self.spawn(ino, f);
         }
-        let mut fut = Box::pin(in_request(op, ino, f(self.client.clone())));
+        let mut fut = Box::pin(in_request(ino, f(self.client.clone())));
         let _runtime = self.rt.enter();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let first = cairn_client::on_waiting_thread(|| fut.as_mut().poll(&mut cx));
@@ -318,7 +317,7 @@ impl Filesystem for CairnFuse {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEntry) {
         let n = name(n);
-        self.run("lookup", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.lookup(parent.0, &n).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 // An expected miss: not worth a log line.
@@ -332,7 +331,7 @@ impl Filesystem for CairnFuse {
             reply.attr(&TTL, &attr(&a));
             return;
         }
-        self.run("getattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.getattr(ino.0).await {
                 Ok(a) => reply.attr(&TTL, &attr(&a)),
                 Err(e) => reply.error(reply_err("getattr", &e)),
@@ -368,7 +367,7 @@ impl Filesystem for CairnFuse {
             ctime: ctime.map(Timestamp::from),
         };
         let who = caller(req);
-        self.run("setattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.setattr(ino.0, set, who).await {
                 Ok(a) => reply.attr(&TTL, &attr(&a)),
                 Err(e) => reply.error(reply_err("setattr", &e)),
@@ -377,7 +376,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.run("readlink", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.readlink(ino.0).await {
                 Ok(t) => reply.data(&t),
                 Err(e) => reply.error(reply_err("readlink", &e)),
@@ -400,7 +399,7 @@ impl Filesystem for CairnFuse {
             return;
         };
         let (n, who) = (name(n), creator(req, umask));
-        self.run("mknod", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, k, mode & 0o7777, rdev, who, false)
                 .await
@@ -421,7 +420,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyEntry,
     ) {
         let (n, who) = (name(n), creator(req, umask));
-        self.run("mkdir", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.mkdir(parent.0, &n, mode & 0o7777, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("mkdir", &e)),
@@ -431,7 +430,7 @@ impl Filesystem for CairnFuse {
 
     fn unlink(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (n, who) = (name(n), caller(req));
-        self.run("unlink", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.unlink(parent.0, &n, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("unlink", &e)),
@@ -441,7 +440,7 @@ impl Filesystem for CairnFuse {
 
     fn rmdir(&self, req: &Request, parent: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let (n, who) = (name(n), caller(req));
-        self.run("rmdir", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.rmdir(parent.0, &n, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("rmdir", &e)),
@@ -462,7 +461,7 @@ impl Filesystem for CairnFuse {
             target.as_os_str().as_bytes().to_vec(),
             caller(req),
         );
-        self.run("symlink", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.symlink(parent.0, &n, &t, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("symlink", &e)),
@@ -493,7 +492,7 @@ impl Filesystem for CairnFuse {
             reply.error(Errno::EINVAL);
             return;
         }
-        self.run("rename", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c.rename(parent.0, &n, newparent.0, &nn, wire, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("rename", &e)),
@@ -510,7 +509,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyEntry,
     ) {
         let (nn, who) = (name(newname), caller(req));
-        self.run("link", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.link(ino.0, newparent.0, &nn, who).await {
                 Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
                 Err(e) => reply.error(reply_err("link", &e)),
@@ -521,7 +520,7 @@ impl Filesystem for CairnFuse {
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let writable = flags.0 & libc::O_ACCMODE != libc::O_RDONLY;
         let fh = file_handle(writable);
-        self.run("open", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.open(ino.0, writable).await {
                 // Close-to-open: the kernel's page cache of the file is dropped at open, unless
                 // the file is the version this mount last saw (then its pages are still right).
@@ -544,7 +543,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyData,
     ) {
         let filler = self.filler.clone();
-        self.run("read", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.read(ino.0, offset, size).await {
                 Ok(d) => {
                     reply.data(&d.data);
@@ -570,7 +569,7 @@ impl Filesystem for CairnFuse {
         reply: ReplyWrite,
     ) {
         let data = data.to_vec();
-        self.run("write", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.write(ino.0, offset, &data).await {
                 Ok(n) => reply.written(n),
                 Err(e) => reply.error(reply_err("write", &e)),
@@ -590,7 +589,7 @@ impl Filesystem for CairnFuse {
             reply.ok();
             return;
         }
-        self.run("flush", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             // A close by a lock owner drops its POSIX locks on the file.
             let unlocked = c.release_locks(ino.0, lock.0).await;
             match c.flush(ino.0).await.and(unlocked) {
@@ -618,7 +617,7 @@ impl Filesystem for CairnFuse {
             reply.ok();
             return;
         }
-        self.run("release", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             // Set when the last close of an open file description drops its flock.
             let unlocked = match lock {
                 Some(owner) => c.release_locks(ino.0, owner.0).await,
@@ -639,7 +638,7 @@ impl Filesystem for CairnFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn("fsync", ino.0, move |c| async move {
+        self.spawn(ino.0, move |c| async move {
             match c.fsync(ino.0).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("fsync", &e)),
@@ -655,7 +654,7 @@ impl Filesystem for CairnFuse {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.spawn("fsyncdir", ino.0, move |c| async move {
+        self.spawn(ino.0, move |c| async move {
             match c.sync().await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("fsyncdir", &e)),
@@ -671,7 +670,7 @@ impl Filesystem for CairnFuse {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.run("readdir", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             // Offsets: 1 is ".", 2 is "..", then the server's stable cookies (all >= 3).
             if offset < 1 && reply.add(ino, 1, FileType::Directory, ".") {
                 return reply.ok();
@@ -712,7 +711,7 @@ impl Filesystem for CairnFuse {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.run("readdirplus", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             // "." and ".." carry no lookup count in the kernel; their attributes are the
             // directory's own (the kernel ignores those of ".."). Only the first batch of a
             // listing holds them, so only it pays for the getattr.
@@ -757,7 +756,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.run("statfs", 1, move |c| async move {
+        self.run(1, move |c| async move {
             match c.statfs().await {
                 Ok(s) => {
                     let bsize = 4096u64;
@@ -799,7 +798,7 @@ impl Filesystem for CairnFuse {
         if flags & libc::XATTR_REPLACE != 0 {
             wire |= cairn_proto::xattr_flags::REPLACE;
         }
-        self.run("setxattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.setxattr(ino.0, &n, &v, wire).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("setxattr", &e)),
@@ -814,7 +813,7 @@ impl Filesystem for CairnFuse {
             reply.error(Errno::ENODATA);
             return;
         }
-        self.run("getxattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.getxattr(ino.0, &n).await {
                 Ok(v) if size == 0 => reply.size(v.len() as u32),
                 Ok(v) if v.len() > size as usize => reply.error(Errno::ERANGE),
@@ -825,7 +824,7 @@ impl Filesystem for CairnFuse {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.run("listxattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.listxattr(ino.0).await {
                 Ok(names) => {
                     let mut buf = Vec::new();
@@ -848,7 +847,7 @@ impl Filesystem for CairnFuse {
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, n: &OsStr, reply: ReplyEmpty) {
         let n = name(n);
-        self.run("removexattr", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.removexattr(ino.0, &n).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("removexattr", &e)),
@@ -871,7 +870,7 @@ impl Filesystem for CairnFuse {
         let Some(lock) = lock_spec(owner, start, end, typ, pid) else {
             return reply.error(Errno::EINVAL);
         };
-        self.run("getlk", ino.0, move |c| async move {
+        self.run(ino.0, move |c| async move {
             match c.get_lock(ino.0, lock).await {
                 Ok(Some(l)) => {
                     let typ = if l.typ == LockType::Write {
@@ -904,7 +903,7 @@ impl Filesystem for CairnFuse {
             return reply.error(Errno::EINVAL);
         };
         let waiter = req.pid();
-        self.spawn("setlk", ino.0, move |c| async move {
+        self.spawn(ino.0, move |c| async move {
             match c
                 .set_lock(ino.0, lock, sleep, || signal_pending(waiter))
                 .await
@@ -937,7 +936,7 @@ impl Filesystem for CairnFuse {
             return reply.ok();
         }
         let who = caller(req);
-        self.spawn("fallocate", ino.0, move |c| async move {
+        self.spawn(ino.0, move |c| async move {
             match c.allocate(ino.0, end, who).await {
                 Ok(()) => reply.ok(),
                 Err(e) => reply.error(reply_err("fallocate", &e)),
@@ -957,7 +956,7 @@ impl Filesystem for CairnFuse {
     ) {
         let (n, who) = (name(n), creator(req, umask));
         let exclusive = flags & libc::O_EXCL != 0;
-        self.run("create", parent.0, move |c| async move {
+        self.run(parent.0, move |c| async move {
             match c
                 .mknod(parent.0, &n, FileKind::File, mode & 0o7777, 0, who, true)
                 .await

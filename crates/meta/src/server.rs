@@ -650,19 +650,33 @@ async fn expiry_loop(shared: Arc<Shared>, timeout: Duration, mut stop: watch::Re
 }
 
 /// End `session` now: forget it, and release its locks and opens (expiry, or its mount said so).
-async fn end_session(shared: &Shared, session: u64) -> Result<(), RpcError> {
-    shared.seen.lock().expect("sessions lock").remove(&session);
-    let fs = shared.fs.clone();
-    tokio::task::spawn_blocking(move || fs.store().write(|t| fs.end_session_in(t, session)))
+async fn end_session(shared: &Arc<Shared>, session: u64) -> Result<(), RpcError> {
+    let sh = shared.clone();
+    tokio::task::spawn_blocking(move || end_session_now(&sh, session))
         .await
         .map_err(|e| RpcError::new(ErrorCode::Io, e.to_string()))?
+}
+
+/// [`end_session`] on a thread that may block.
+fn end_session_now(shared: &Shared, session: u64) -> Result<(), RpcError> {
+    shared.seen.lock().expect("sessions lock").remove(&session);
+    let fs = &shared.fs;
+    fs.store().write(|t| fs.end_session_in(t, session))
+}
+
+/// Answer an EndSession: its mount is going away (blocks).
+fn end_session_reply(shared: &Shared, session: u64) -> Response {
+    end_session_now(shared, session).map(|()| {
+        info!(session, "session ended by its mount");
+        Reply::Empty
+    })
 }
 
 /// Per session, the sequence number up to which stored answers are known deleted. The deletion
 /// of acknowledged answers then looks only at the numbers acknowledged since: a scan from 0
 /// would walk every answer deleted since the last checkpoint (they are tombstones in the
-/// memtable), thousands at a few thousand changes a second. Kept by whoever commits (one at a time); after
-/// a restart it starts at 0, and the first scan of each session walks what is left.
+/// memtable), thousands at a few thousand changes a second. Kept by whoever commits (one at a
+/// time); after a restart it starts at 0, and the first scan of each session walks what is left.
 #[derive(Default)]
 struct Pruned(HashMap<u64, u64>);
 
@@ -775,21 +789,8 @@ async fn connection(
     };
     let env: Envelope = frame::decode(&body)?;
     if matches!(env.request, Request::Hello { attach: true, .. }) && shared.lanes.has_room() {
-        let Request::Hello {
-            protocol,
-            volume,
-            session: resume,
-            client,
-            attach,
-        } = env.request
-        else {
-            unreachable!("matched above")
-        };
-        let sh = shared.clone();
-        let resp = tokio::task::spawn_blocking(move || {
-            hello(&sh, protocol, &volume, resume, &client, attach)
-        })
-        .await?;
+        let (sh, request) = (shared.clone(), env.request);
+        let resp = tokio::task::spawn_blocking(move || hello_request(&sh, request)).await?;
         tokio::io::AsyncWriteExt::write_all(&mut sock, &frame::encode(id, &resp)?).await?;
         let Ok(Reply::Hello { session, .. }) = resp else {
             return Ok(());
@@ -836,19 +837,9 @@ async fn connection(
             }
         };
         let op = env.request.op_name();
-        if let Request::Hello {
-            protocol,
-            volume,
-            session: resume,
-            client,
-            attach,
-        } = env.request
-        {
-            let sh = shared.clone();
-            let resp = tokio::task::spawn_blocking(move || {
-                hello(&sh, protocol, &volume, resume, &client, attach)
-            })
-            .await?;
+        if matches!(env.request, Request::Hello { .. }) {
+            let (sh, request) = (shared.clone(), env.request);
+            let resp = tokio::task::spawn_blocking(move || hello_request(&sh, request)).await?;
             if let Ok(Reply::Hello { session: s, .. }) = &resp {
                 session = Some(*s);
             }
@@ -868,19 +859,16 @@ async fn connection(
                 sink.send(frame::encode(id, &heartbeat(&shared, sess))?);
                 continue;
             }
-            // Every change acknowledged so far is durable already; only opens and releases
-            // are logged lazily, and the next synced change persists them before anything
-            // that depends on them (docs/durability.md). An fsync of a small file saves a
-            // sync of the log and two thread hops.
+            // Answered at once with --sync (see `blocking_answer`): no hop to the blocking pool.
             Request::Sync if shared.sync => {
-                sink.send(frame::encode(id, &Ok::<_, RpcError>(Reply::Empty))?);
+                let resp = blocking_answer(&shared, sess, env.request);
+                sink.send(frame::encode(id, &resp)?);
                 continue;
             }
             Request::EndSession => {
-                let resp: Response = end_session(&shared, sess).await.map(|()| {
-                    info!(session = sess, "session ended by its mount");
-                    Reply::Empty
-                });
+                let sh = shared.clone();
+                let resp =
+                    tokio::task::spawn_blocking(move || end_session_reply(&sh, sess)).await?;
                 sink.send(frame::encode(id, &resp)?);
                 continue;
             }
@@ -973,7 +961,10 @@ fn blocking_answer(shared: &Shared, session: u64, req: Request) -> Response {
             }
             Err(e) => Err(RpcError::new(ErrorCode::Io, format!("{e:#}"))),
         },
-        // With --sync everything acknowledged is durable already (see `connection`).
+        // With --sync, every change acknowledged so far is durable already; only opens and
+        // releases are logged lazily, and the next synced change persists them before anything
+        // that depends on them (docs/durability.md). An fsync of a small file saves a sync of the
+        // log and two thread hops.
         Request::Sync if shared.sync => Ok(Reply::Empty),
         // Durable on return: an empty synchronous commit persists every earlier one.
         Request::Sync => match shared.fs.store().flush() {
@@ -1001,49 +992,17 @@ struct LaneSet {
 /// Most lanes served on threads; more are served like any connection, on the runtime.
 const LANE_THREADS_MAX: usize = 256;
 
-/// TCP keepalive of a lane: probes after this long idle, then every `LANE_PROBE_EVERY`, and the
-/// connection ends after `LANE_PROBES` unanswered. A mount whose host died or was cut off without
-/// closing its lanes holds their threads for about 90 s; an idle live mount keeps its lanes.
-const LANE_IDLE: Duration = Duration::from_secs(60);
-const LANE_PROBE_EVERY: Duration = Duration::from_secs(10);
-const LANE_PROBES: u32 = 3;
+/// TCP keepalive of a lane: probes after 60 s idle, then every 10 s, and the connection ends
+/// after 3 unanswered. A mount whose host died or was cut off without closing its lanes holds
+/// their threads for about 90 s; an idle live mount keeps its lanes.
+const LANE_KEEPALIVE: socket2::TcpKeepalive = socket2::TcpKeepalive::new()
+    .with_time(Duration::from_secs(60))
+    .with_interval(Duration::from_secs(10))
+    .with_retries(3);
 
 /// Turn on TCP keepalive with the lane's timings.
 fn keep_alive(sock: &std::net::TcpStream) -> std::io::Result<()> {
-    let fd = sock.as_raw_fd();
-    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
-        // SAFETY: a valid socket descriptor and a pointer to an int of the size given.
-        let r = unsafe {
-            libc::setsockopt(
-                fd,
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(std::io::Error::last_os_error())
-        }
-    };
-    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
-    set(
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPIDLE,
-        LANE_IDLE.as_secs() as libc::c_int,
-    )?;
-    set(
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPINTVL,
-        LANE_PROBE_EVERY.as_secs() as libc::c_int,
-    )?;
-    set(
-        libc::IPPROTO_TCP,
-        libc::TCP_KEEPCNT,
-        LANE_PROBES as libc::c_int,
-    )
+    socket2::SockRef::from(sock).set_tcp_keepalive(&LANE_KEEPALIVE)
 }
 
 impl Lanes {
@@ -1099,30 +1058,15 @@ fn serve_lane(
         let env: Envelope = frame::decode(&body)?;
         let op = env.request.op_name();
         let resp = match env.request {
-            Request::Hello {
-                protocol,
-                volume,
-                session: resume,
-                client,
-                attach,
-            } => {
-                let resp = hello(shared, protocol, &volume, resume, &client, attach);
+            request @ Request::Hello { .. } => {
+                let resp = hello_request(shared, request);
                 if let Ok(Reply::Hello { session: s, .. }) = &resp {
                     session = *s;
                 }
                 resp
             }
             Request::Heartbeat => heartbeat(shared, session),
-            Request::EndSession => {
-                shared.seen.lock().expect("sessions lock").remove(&session);
-                let fs = &shared.fs;
-                fs.store()
-                    .write(|t| fs.end_session_in(t, session))
-                    .map(|()| {
-                        info!(session, "session ended by its mount");
-                        Reply::Empty
-                    })
-            }
+            Request::EndSession => end_session_reply(shared, session),
             request if request.is_mutation() => {
                 let reply = ReplyTo {
                     to: Dest::Slot(slot.clone()),
@@ -1148,6 +1092,21 @@ fn serve_lane(
         wr.write_all(&frame::encode(id, &resp)?)?;
     }
     Ok(())
+}
+
+/// Answer a Hello request (blocks: opening a session is a commit).
+fn hello_request(shared: &Shared, request: Request) -> Response {
+    let Request::Hello {
+        protocol,
+        volume,
+        session: resume,
+        client,
+        attach,
+    } = request
+    else {
+        return Err(RpcError::new(ErrorCode::Internal, "not a Hello"));
+    };
+    hello(shared, protocol, &volume, resume, &client, attach)
 }
 
 fn hello(
@@ -1452,31 +1411,15 @@ mod tests {
     /// Lanes get keepalive with their timings, so a vanished mount's lanes end by themselves.
     #[test]
     fn lanes_have_tcp_keepalive() {
-        use std::os::fd::AsRawFd;
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
         let (sock, _) = listener.accept().unwrap();
         super::keep_alive(&sock).unwrap();
-        let get = |level, name| {
-            let mut v: libc::c_int = 0;
-            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-            // SAFETY: a valid socket and an int-sized buffer with its length.
-            let r = unsafe {
-                libc::getsockopt(
-                    sock.as_raw_fd(),
-                    level,
-                    name,
-                    (&mut v as *mut libc::c_int).cast(),
-                    &mut len,
-                )
-            };
-            assert_eq!(r, 0);
-            v
-        };
-        assert_eq!(get(libc::SOL_SOCKET, libc::SO_KEEPALIVE), 1);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE), 60);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL), 10);
-        assert_eq!(get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT), 3);
+        let s = socket2::SockRef::from(&sock);
+        assert!(s.keepalive().unwrap());
+        assert_eq!(s.tcp_keepalive_time().unwrap(), Duration::from_secs(60));
+        assert_eq!(s.tcp_keepalive_interval().unwrap(), Duration::from_secs(10));
+        assert_eq!(s.tcp_keepalive_retries().unwrap(), 3);
     }
 
     /// Frames sent from several threads at once, while the peer does not read (so the socket

@@ -763,7 +763,7 @@ impl RedbRead {
 
 impl ReadTxn for RedbRead {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(self.table(table)?.get(key)?.map(|v| v.value().to_vec()))
+        point(self.table(table)?, key)
     }
     fn range(
         &self,
@@ -782,6 +782,15 @@ type RedbTable<'txn> = redb::Table<'txn, &'static [u8], &'static [u8]>;
 /// A write transaction of a store without a log.
 struct RedbWrite(redb::WriteTransaction);
 
+/// The value of `key` in an open table, read or write.
+fn point<T: ReadableTable<&'static [u8], &'static [u8]>>(
+    t: &T,
+    key: &[u8],
+) -> Result<Option<Vec<u8>>, StoreError> {
+    Ok(t.get(key)?.map(|v| v.value().to_vec()))
+}
+
+/// Up to `limit` pairs of an open table, read or write, with `start <= key < end`.
 fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
     t: &T,
     start: &[u8],
@@ -804,9 +813,7 @@ fn scan<T: ReadableTable<&'static [u8], &'static [u8]>>(
 
 impl ReadTxn for RedbWrite {
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let t = self.0.open_table(table.def())?;
-        let v = t.get(key)?.map(|v| v.value().to_vec());
-        Ok(v)
+        point(&self.0.open_table(table.def())?, key)
     }
     fn range(
         &self,

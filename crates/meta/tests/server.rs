@@ -178,23 +178,7 @@ async fn concurrent_mutations_share_commits_and_all_land() {
         t.await.unwrap();
     }
     let mut c = Raw::connect(addr, None).await;
-    let Ok(Reply::Dir {
-        entries, eof: true, ..
-    }) = c
-        .send(
-            0,
-            Request::ReadDir {
-                ino: ROOT_INO,
-                cookie: 0,
-                limit: 4096,
-                plus: false,
-            },
-        )
-        .await
-    else {
-        panic!("readdir failed")
-    };
-    assert_eq!(entries.len(), 400);
+    assert_eq!(count_root_entries(&mut c).await, 400);
     server.stop().await.unwrap();
 }
 
