@@ -17,8 +17,9 @@
 #     writes, end_fsync=1; MB/s = bytes / wall time of the whole fio run (create, write, fsync,
 #     close), so that for every filesystem the data is in the bucket when the clock stops;
 #  2. seq read of those files, cold (the filesystem remounted, which drops its own caches, local
-#     disk caches deleted, then `echo 3 > /proc/sys/vm/drop_caches`) and then warm (the same read
-#     again right away, fio invalidate=0 so fio does not drop the page cache itself); fio's MB/s;
+#     disk caches deleted, then `sync` and `echo 3 > /proc/sys/vm/drop_caches`) and then warm
+#     (the same read again right away, fio invalidate=0 so fio does not drop the page cache
+#     itself); fio's MB/s;
 #  3. seq overwrite of the 1-thread file, remounted and cold as for a cold read, in 1 MiB writes,
 #     end_fsync=1; MB/s as for seq write. A filesystem that reads each old block before writing
 #     its first part shows here;
@@ -156,6 +157,9 @@ remount() { # remount FS WHERE: 1 (and the filesystem out of the run) if it fail
 }
 
 drop_caches() {
+    # Dirty pages first: the previous run's cache files, written back while the next filesystem
+    # was timed, cost it up to a third of its cold read speed in one series.
+    timeout 120 sync || log "sync timed out"
     timeout 120 sh -c 'echo 3 >/proc/sys/vm/drop_caches' || log "drop_caches failed or timed out"
 }
 
