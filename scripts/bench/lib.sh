@@ -256,7 +256,7 @@ start_redis() {
     fi
     REDIS_PORT=$(free_ports 1)
     mkdir -p "$dir"
-    setsid redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' "${persist[@]}" \
+    setsid ${META_CPUS:+taskset -c "$META_CPUS"} redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' "${persist[@]}" \
         --dir "$dir" --logfile "$dir/redis.log" --daemonize no </dev/null &
     local pid=$!
     _PIDS+=("$pid")
@@ -273,7 +273,7 @@ start_cairn_meta() {
     CAIRN_META=127.0.0.1:$port
     local sync=(--sync)
     [[ ${CAIRN_SYNC:-1} == 1 ]] || sync=()
-    setsid "$CAIRN" meta serve --bind-addr "$CAIRN_META" --data-dir "$WORK/cairn-meta" --volume "$1" "${sync[@]}" \
+    setsid ${META_CPUS:+taskset -c "$META_CPUS"} "$CAIRN" meta serve --bind-addr "$CAIRN_META" --data-dir "$WORK/cairn-meta" --volume "$1" "${sync[@]}" \
         >"$WORK/cairn-meta.log" 2>&1 </dev/null &
     local pid=$!
     _PIDS+=("$pid")
@@ -288,7 +288,7 @@ mount_cairn_only() { # mount_cairn_only VOLUME BUCKET MNT: 1 if it fails
     MOUNT_PIDS=""
     mkdir -p "$3"
     _MOUNTS+=("cairn:$3")
-    env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=$S3_REGION \
+    ${MOUNT_CPUS:+taskset -c "$MOUNT_CPUS"} env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET AWS_REGION=$S3_REGION \
         "$CAIRN" mount start "$1" "$3" --meta "$CAIRN_META" --store "s3://$2" --s3-endpoint "$S3_ENDPOINT" \
         --cache-dir "$WORK/cairn-cache" \
         --log-file "$WORK/cairn-mount.log" >"$WORK/cairn-mount-start.out" 2>&1 </dev/null ||
@@ -319,7 +319,7 @@ mount_juicefs_only() { # mount_juicefs_only MNT DB: mounts a formatted volume; 1
     MOUNT_PIDS=""
     mkdir -p "$1"
     _MOUNTS+=("juicefs:$1")
-    quiet env -u AWS_CA_BUNDLE juicefs mount -d --no-usage-report --no-syslog \
+    quiet ${MOUNT_CPUS:+taskset -c "$MOUNT_CPUS"} env -u AWS_CA_BUNDLE juicefs mount -d --no-usage-report --no-syslog \
         --cache-dir "$WORK/juicefs-cache" --log "$log" "$meta" "$1" ||
         { tail -n 20 "$log" >&2 || true; log "juicefs mount failed"; return 1; }
     wait_for 30 "" "juicefs mount at $1" is_mounted "$1" || { log "juicefs did not mount $1"; return 1; }

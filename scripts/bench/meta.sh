@@ -29,6 +29,9 @@
 #               appendfsync always): the promise `cairn meta serve --sync` makes, which the
 #               default JuiceFS (redis without persistence) does not; shown beside the targets,
 #               which stay against the default JuiceFS [1]
+#   META_CPUS   CPU list (taskset -c) for the metadata engines, cairn's server and each redis
+#               alike: a core of their own, as on a metadata host of their own [unset: any CPU]
+#   MOUNT_CPUS  CPU list for the mount daemons, cairn's and JuiceFS's alike [unset: any CPU]
 #   RESULTS     also write the raw lines to this file
 #   KEEP_WORK   1 keeps the work folder (logs) after a successful run [0]
 set -euo pipefail
@@ -108,6 +111,9 @@ sync_note="--sync"
 [[ ${CAIRN_SYNC:-1} == 1 ]] || sync_note="WITHOUT --sync"
 echo "cairn meta serve $sync_note; JuiceFS on redis without persistence; 'durable': JuiceFS on redis"
 echo "with appendfsync always (every change on disk before it is acknowledged, as with --sync)"
+if [[ -n ${META_CPUS:-}${MOUNT_CPUS:-} ]]; then
+    echo "pinned: metadata engines to CPUs ${META_CPUS:-any}, mount daemons to CPUs ${MOUNT_CPUS:-any}"
+fi
 python3 - "$raw" <<'PY'
 import statistics, sys
 rows = {}
