@@ -177,19 +177,29 @@ pub fn with_inline_blocking<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Runs blocking work (file I/O, CPU-heavy codec work) off the async threads: on this thread
-/// inside [`with_inline_blocking`], else on the runtime's blocking pool.
+/// inside [`with_inline_blocking`], else on the runtime's blocking pool (or on this thread after
+/// all, when the pool refuses it because the runtime is shutting down).
 pub(crate) async fn off_runtime<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
     if INLINE_BLOCKING.get() {
         return work();
     }
-    match tokio::task::spawn_blocking(work).await {
-        Ok(value) => value,
+    // The work waits in a slot of its own, not in the task: a task that the runtime cancels
+    // before it starts (it is shutting down; a mount's worker threads still poll their tasks
+    // then, and once panicked here at an unmount) drops its closure, and the work still has to
+    // be done, here.
+    let slot = Arc::new(std::sync::Mutex::new(Some(work)));
+    let queued = Arc::clone(&slot);
+    let take =
+        |slot: &std::sync::Mutex<Option<_>>| slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match tokio::task::spawn_blocking(move || take(&queued).map(|work| work())).await {
+        Ok(Some(value)) => value,
+        Ok(None) => unreachable!("only a task that runs takes its work"),
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
-            // Only when the runtime shuts down before the task starts; a task of the runtime
-            // is being dropped then too, so only a thread outside it that waits with
-            // `block_on` can see this, and such threads run their blocking work inline.
-            Err(e) => panic!("blocking task did not run: {e}"),
+            Err(_) => {
+                let work = take(&slot).expect("a cancelled task never took its work");
+                work()
+            }
         },
     }
 }
@@ -1331,6 +1341,27 @@ mod tests {
     use crate::codec::Compression;
     use crate::faults::{flaky, Flaky, FAST};
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn blocking_work_refused_by_a_runtime_shutting_down_runs_on_the_caller() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .expect("runtime");
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<u32>();
+        rt.spawn(async move {
+            // Holds the worker until the runtime has begun to shut down.
+            go_rx.recv().expect("go");
+            let value = off_runtime(|| 42).await;
+            done_tx.send(value).expect("send");
+        });
+        let dropper = std::thread::spawn(move || drop(rt));
+        std::thread::sleep(Duration::from_millis(200));
+        go_tx.send(()).expect("go");
+        dropper.join().expect("the runtime shuts down");
+        assert_eq!(done_rx.try_recv(), Ok(42));
+    }
 
     fn over(faults: &Arc<Flaky>) -> BlockStore {
         over_with(faults, FAST)
