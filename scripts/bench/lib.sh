@@ -4,7 +4,7 @@
 #   bench_init                 work folder, EXIT trap that undoes everything below
 #   bench_install              weed, juicefs, redis-server (idempotent; quiet when present)
 #   bench_build                release cairn and cairn-bench ($CAIRN, $CAIRN_BENCH)
-#   start_seaweed              one `weed mini` on free loopback ports ($S3_ENDPOINT)
+#   start_seaweed              one `weed mini` on free loopback ports ($S3_ENDPOINT), 8 GiB volumes
 #   create_bucket NAME         SigV4-signed PUT (curl --aws-sigv4)
 #   start_redis [durable]      private redis, no persistence or fsync per write ($REDIS_PORT)
 #   start_cairn_meta VOLUME    `cairn meta serve --sync` ($CAIRN_META; CAIRN_SYNC=0 drops --sync)
@@ -204,6 +204,9 @@ s3_curl() { # s3_curl ARGS...: a SigV4-signed request to the store
 
 _s3_ready() { [[ $(s3_curl -o /dev/null -w '%{http_code}' "$S3_ENDPOINT/") == 200 ]]; }
 
+# Volumes of 8 GiB (WEED_VOLUME_MB), not the 1 GiB `weed mini` picked here: while SeaweedFS
+# replaces a full volume it holds the PUTs for 0.6-0.7 s, which fell in whichever filesystem was
+# writing then (docs/benchmarks.md, data, item 23).
 start_seaweed() {
     local attempt
     for attempt in 1 2 3; do
@@ -216,6 +219,7 @@ start_seaweed() {
         AWS_ACCESS_KEY_ID=$S3_KEY AWS_SECRET_ACCESS_KEY=$S3_SECRET \
             setsid weed -logdir="$dir/glog" mini -dir="$dir/data" \
             -ip=127.0.0.1 -ip.bind=127.0.0.1 -admin.ui=false -master.telemetry=false -webdav=false \
+            -master.volumeSizeLimitMB="${WEED_VOLUME_MB:-8192}" \
             -s3.port.iceberg=0 -s3.port.lance=0 -s3.autoCreateBucket=false \
             -master.port="${p[0]}" -master.port.grpc="${p[1]}" -volume.port="${p[2]}" \
             -volume.port.grpc="${p[3]}" -filer.port="${p[4]}" -filer.port.grpc="${p[5]}" \
