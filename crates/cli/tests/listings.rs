@@ -1,14 +1,15 @@
 //! Lookups a mount answers itself, from the names of folders it made and filled (crate
-//! cairn_client::listings): they must agree with the server for this mount's own changes of
+//! cairn_client::listings) and the attributes of files it last had (crate
+//! cairn_client::known_attrs): they must agree with the server for this mount's own changes of
 //! every kind, and another mount's changes must show within the entry TTL (1 s) and never turn
-//! into a wrong error.
+//! into a wrong error or wrong data.
 
 mod common;
 
 use common::*;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -190,4 +191,115 @@ fn a_whole_listing_teaches_a_folders_names() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// The kernel's entries and attributes expire after 1 s; then its lookups of known files reach
+/// the mount, which answers them itself.
+fn past_the_ttl() {
+    std::thread::sleep(Duration::from_millis(1200));
+}
+
+fn size_and_mode(p: &Path) -> (u64, u32) {
+    let m = fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+    (m.len(), m.permissions().mode() & 0o7777)
+}
+
+/// A file this mount made, looked up again after the kernel forgot it, shows what every change
+/// since made of it: this mount's writes, truncates, chmods and renames at once, and another
+/// mount's within the TTL, in `stat` and in the bytes read (a size this mount knew from before
+/// another mount grew or cut the file never shortens or pads what is read).
+#[test]
+fn files_looked_up_again_show_every_change() {
+    let Some(c) = local_cluster() else { return };
+    let m2 = c.new_mount();
+    let d = c.join("kept");
+    fs::create_dir(&d).expect("mkdir");
+    let f = d.join("f");
+    let there = m2.join("kept/f");
+
+    // This mount's own changes.
+    fs::write(&f, b"hello").expect("write");
+    past_the_ttl();
+    assert_eq!(size_and_mode(&f).0, 5, "size after this mount's write");
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
+    past_the_ttl();
+    assert_eq!(size_and_mode(&f), (5, 0o600), "after this mount's chmod");
+    OpenOptions::new()
+        .append(true)
+        .open(&f)
+        .and_then(|mut w| w.write_all(b" world"))
+        .expect("append");
+    past_the_ttl();
+    assert_eq!(fs::read(&f).expect("read"), b"hello world");
+    OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .and_then(|w| w.set_len(3))
+        .expect("truncate");
+    past_the_ttl();
+    assert_eq!(
+        fs::read(&f).expect("read"),
+        b"hel",
+        "after this mount's truncate"
+    );
+    fs::rename(&f, d.join("g")).expect("rename");
+    past_the_ttl();
+    assert!(!exists(&f), "f after the rename");
+    assert_eq!(
+        size_and_mode(&d.join("g")),
+        (3, 0o600),
+        "g after the rename"
+    );
+    fs::rename(d.join("g"), &f).expect("rename back");
+    past_the_ttl();
+
+    // Another mount's: grown, then cut, then chmod.
+    OpenOptions::new()
+        .append(true)
+        .open(&there)
+        .and_then(|mut w| w.write_all(b"p me, please"))
+        .expect("append there");
+    past_the_ttl();
+    assert_eq!(
+        fs::read(&f).expect("read"),
+        b"help me, please",
+        "bytes another mount appended"
+    );
+    assert_eq!(size_and_mode(&f).0, 15, "size another mount grew");
+    past_the_ttl();
+    OpenOptions::new()
+        .write(true)
+        .open(&there)
+        .and_then(|w| w.set_len(4))
+        .expect("truncate there");
+    fs::set_permissions(&there, fs::Permissions::from_mode(0o640)).expect("chmod there");
+    past_the_ttl();
+    assert_eq!(
+        size_and_mode(&f),
+        (4, 0o640),
+        "another mount's truncate and chmod"
+    );
+    assert_eq!(
+        fs::read(&f).expect("read"),
+        b"help",
+        "another mount's truncate"
+    );
+
+    // A hard link made elsewhere by the other mount: the link count is not taken from before.
+    fs::hard_link(&there, m2.join("kept2")).expect("link there");
+    past_the_ttl();
+    assert_eq!(
+        std::os::unix::fs::MetadataExt::nlink(&fs::metadata(&f).expect("stat")),
+        2,
+        "a link another mount made"
+    );
+
+    // Removed here, gone here; removed there, gone here within the TTL.
+    fs::write(d.join("h"), b"x").expect("write h");
+    past_the_ttl();
+    fs::remove_file(d.join("h")).expect("unlink h");
+    assert!(!exists(&d.join("h")), "h after unlink");
+    fs::remove_file(&there).expect("unlink there");
+    past_the_ttl();
+    assert!(!exists(&f), "f another mount removed");
 }

@@ -41,6 +41,7 @@
 //! is read at random (`Client::warm_file`): its random reads touch every block soon anyway,
 //! and one copy per read would pace the copy by reads that each wait on the bucket.
 
+use crate::known_attrs::{EntryReply, KnownAttrs};
 use crate::listings::{Known, Listings};
 use crate::page_fill::{BlockFill, PageFill, PageFills};
 use crate::rpc::{MetaClient, RpcConfig};
@@ -331,6 +332,8 @@ pub struct Client {
     dirs: FreshDirs,
     /// Directories whose every name this mount knows: lookups of other names answer here.
     listings: Listings,
+    /// Attributes of files as last answered, for lookups answered from `listings`.
+    known_attrs: KnownAttrs,
     /// Counts commits of file data, mount-wide.
     commits: std::sync::atomic::AtomicU64,
     /// Each file's (mtime, ctime, size) as of this mount's last open or commit of it.
@@ -501,6 +504,7 @@ impl Client {
             locked: StdMutex::default(),
             dirs: FreshDirs::default(),
             listings: Listings::default(),
+            known_attrs: KnownAttrs::default(),
             seen: StdMutex::default(),
             commits: Default::default(),
             releases: StdMutex::default(),
@@ -540,6 +544,7 @@ impl Client {
     /// attributes are kept (see [`FreshDirs`]) and the name added to what is known of it.
     async fn call_entry(&self, req: Request, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
         let sent = Instant::now();
+        let ticket = self.known_attrs.ticket();
         let answer = self.rpc.call(req).await;
         if let Err(e) = &answer {
             // The name is there after all: another mount made it.
@@ -551,8 +556,9 @@ impl Client {
             Reply::Entry { attr, dir } => {
                 self.dirs.note(std::slice::from_ref(&dir.attr));
                 self.listings.changed(&dir, sent, |names| {
-                    names.insert(name.to_vec());
+                    names.insert(name.to_vec(), attr.ino);
                 });
+                self.known_attrs.answered(&attr, ticket, sent);
                 if attr.kind == FileKind::Dir {
                     self.listings.made(&attr, sent);
                 }
@@ -567,7 +573,7 @@ impl Client {
     async fn call_dirs(
         &self,
         req: Request,
-        edit: impl Fn(Ino, &mut std::collections::HashSet<Vec<u8>>),
+        edit: impl Fn(Ino, &mut crate::listings::Names),
     ) -> Result<(), RpcError> {
         let sent = Instant::now();
         match self.rpc.call(req).await? {
@@ -615,25 +621,38 @@ impl Client {
         attr
     }
 
-    /// Find `name` in `parent`. A name known not to be there ([`crate::listings`]) is answered
-    /// without a round trip, so on the FUSE thread's first poll.
-    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<Attr, RpcError> {
+    /// Find `name` in `parent`. A name known not to be there ([`crate::listings`]), or known to
+    /// name a file whose attributes are known ([`crate::known_attrs`]), is answered without a
+    /// round trip, so on the FUSE thread's first poll.
+    pub async fn lookup(&self, parent: Ino, name: &[u8]) -> Result<EntryReply, RpcError> {
         let absent = || RpcError::new(ErrorCode::NotFound, "no such entry");
-        match self.listings.lookup(parent, name) {
-            Known::Absent => return Err(absent()),
-            Known::Stale => {
-                // One look at the directory's ctime vouches for every name for a while.
-                let sent = Instant::now();
-                if let Ok(Reply::Attr(d)) = self.rpc.call(Request::GetAttr { ino: parent }).await {
-                    self.listings.checked(&d, sent);
-                    if self.listings.lookup(parent, name) == Known::Absent {
-                        return Err(absent());
+        let mut checked = false;
+        loop {
+            match self.listings.lookup(parent, name) {
+                Known::Absent => return Err(absent()),
+                // An open file may have a size here the server has not heard of yet.
+                Known::Present { ino, until } if self.file(ino).is_none() => {
+                    if let Some(e) = self.known_attrs.entry(ino, until) {
+                        return Ok(e);
+                    }
+                    if checked || !self.known_attrs.knows(ino) {
+                        break;
                     }
                 }
+                Known::Stale if !checked => {}
+                _ => break,
             }
-            Known::Unknown => {}
+            // One look at the directory's ctime vouches for every name for a while.
+            checked = true;
+            let sent = Instant::now();
+            match self.rpc.call(Request::GetAttr { ino: parent }).await {
+                Ok(Reply::Attr(d)) => self.listings.checked(&d, sent),
+                _ => break,
+            }
         }
         let before = self.commit_count();
+        let ticket = self.known_attrs.ticket();
+        let sent = Instant::now();
         let found = self
             .call_attr(Request::Lookup {
                 parent,
@@ -647,7 +666,9 @@ impl Client {
             (Err(e), Some(true)) if e.code == ErrorCode::NotFound => self.listings.forget(parent),
             _ => {}
         }
-        Ok(self.overlay(found?, before).await)
+        let attr = self.overlay(found?, before).await;
+        self.known_attrs.answered(&attr, ticket, sent);
+        Ok(EntryReply::fresh(attr))
     }
 
     /// The mount's commit counter now (see [`Client::overlay`]).
@@ -661,16 +682,26 @@ impl Client {
             return Ok(a);
         }
         let before = self.commit_count();
+        let ticket = self.known_attrs.ticket();
         let sent = Instant::now();
         let a = self.call_attr(Request::GetAttr { ino }).await?;
         if a.kind == FileKind::Dir {
             self.listings.checked(&a, sent);
         }
-        Ok(self.overlay(a, before).await)
+        let a = self.overlay(a, before).await;
+        self.known_attrs.answered(&a, ticket, sent);
+        Ok(a)
     }
 
     /// Change attributes. A size change first commits this mount's buffered writes.
     pub async fn setattr(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
+        self.known_attrs.forget(ino);
+        let a = self.setattr_now(ino, set, caller).await;
+        self.known_attrs.forget(ino);
+        a
+    }
+
+    async fn setattr_now(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
         self.dirs.forget(ino);
         let file = self.file(ino);
         if let Some(f) = &file {
@@ -844,10 +875,22 @@ impl Client {
             name: name.to_vec(),
             caller,
         };
-        self.call_dirs(req, |_, names| {
-            names.remove(name);
-        })
-        .await
+        let gone = self.listings.ino_of(parent, name);
+        self.forget_attrs(gone);
+        let done = self
+            .call_dirs(req, |_, names| {
+                names.remove(name);
+            })
+            .await;
+        self.forget_attrs(gone);
+        done
+    }
+
+    /// This mount is changing (or has changed) `ino`, if known: forget its attributes.
+    fn forget_attrs(&self, ino: Option<Ino>) {
+        if let Some(ino) = ino {
+            self.known_attrs.forget(ino);
+        }
     }
 
     /// Remove an empty directory.
@@ -884,15 +927,28 @@ impl Client {
         // An exchange leaves both names in place; a move takes `name` away and leaves
         // `new_name` (new, or replaced). One answer per directory, the same one if both are.
         let exchange = flags & rename_flags::EXCHANGE != 0;
-        self.call_dirs(req, |dir, names| {
-            if dir == parent && !exchange {
-                names.remove(name);
-            }
-            if dir == new_parent {
-                names.insert(new_name.to_vec());
-            }
-        })
-        .await
+        // The kernel moves the moved inode's ctime itself; the replaced one loses a link.
+        let moved = self.listings.ino_of(parent, name);
+        let replaced = self.listings.ino_of(new_parent, new_name);
+        self.forget_attrs(moved);
+        self.forget_attrs(replaced);
+        let done = self
+            .call_dirs(req, |dir, names| {
+                if dir == parent {
+                    if exchange {
+                        names.insert(name.to_vec(), replaced.unwrap_or(0));
+                    } else {
+                        names.remove(name);
+                    }
+                }
+                if dir == new_parent {
+                    names.insert(new_name.to_vec(), moved.unwrap_or(0));
+                }
+            })
+            .await;
+        self.forget_attrs(moved);
+        self.forget_attrs(replaced);
+        done
     }
 
     /// New hard link.
@@ -915,8 +971,10 @@ impl Client {
                 new_parent,
                 new_name,
             )
-            .await?;
-        Ok(self.overlay(a, before).await)
+            .await;
+        // A lookup answered before the link may land after it, with one link fewer.
+        self.known_attrs.forget(ino);
+        Ok(self.overlay(a?, before).await)
     }
 
     /// New symlink.
@@ -956,6 +1014,7 @@ impl Client {
         plus: bool,
     ) -> Result<(Vec<DirEntry>, bool), RpcError> {
         let before = self.commit_count();
+        let ticket = self.known_attrs.ticket();
         let sent = Instant::now();
         match self
             .rpc
@@ -972,12 +1031,14 @@ impl Client {
                 eof,
                 ctime,
             } => {
-                let names = entries.iter().map(|e| (e.name.as_slice(), e.cookie));
+                let names = entries.iter().map(|e| (e.name.as_slice(), e.ino, e.cookie));
                 self.listings.listed(ino, cookie, names, eof, ctime, sent);
                 if plus {
                     for e in &mut entries {
                         if let Some(a) = e.attr.take() {
-                            e.attr = Some(self.overlay(a, before).await);
+                            let a = self.overlay(a, before).await;
+                            self.known_attrs.answered(&a, ticket, sent);
+                            e.attr = Some(a);
                         }
                     }
                 }
@@ -1004,13 +1065,18 @@ impl Client {
         flags: u32,
     ) -> Result<(), RpcError> {
         self.no_caps.lock().expect("caps lock").remove(&ino);
-        self.call_empty(Request::SetXattr {
-            ino,
-            name: name.to_vec(),
-            value: value.to_vec(),
-            flags,
-        })
-        .await
+        // An ACL changes the mode; any xattr the ctime.
+        self.known_attrs.forget(ino);
+        let done = self
+            .call_empty(Request::SetXattr {
+                ino,
+                name: name.to_vec(),
+                value: value.to_vec(),
+                flags,
+            })
+            .await;
+        self.known_attrs.forget(ino);
+        done
     }
 
     /// Whether this mount knows `ino` has no xattr `name` (only `security.capability` is
@@ -1064,11 +1130,15 @@ impl Client {
 
     /// Remove an xattr.
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), RpcError> {
-        self.call_empty(Request::RemoveXattr {
-            ino,
-            name: name.to_vec(),
-        })
-        .await
+        self.known_attrs.forget(ino);
+        let done = self
+            .call_empty(Request::RemoveXattr {
+                ino,
+                name: name.to_vec(),
+            })
+            .await;
+        self.known_attrs.forget(ino);
+        done
     }
 
     async fn track_open(&self, attr: &Attr) {
@@ -1525,7 +1595,10 @@ impl Client {
                 size,
                 mtime,
             })
-            .await?;
+            .await;
+        // Size and times moved (or may have, if the answer was lost).
+        self.known_attrs.forget(ino);
+        let attr = attr?;
         for r in refs {
             inner.map.insert(r.index, r);
         }

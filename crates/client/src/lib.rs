@@ -12,11 +12,13 @@
 //!   and committed; the data stays buffered so that a later flush can try again.
 
 pub mod data;
+pub mod known_attrs;
 pub mod listings;
 pub mod page_fill;
 pub mod rpc;
 
 pub use data::{Client, ClientConfig, Opened, ReadData, DEFAULT_READAHEAD};
+pub use known_attrs::EntryReply;
 pub use page_fill::PageFill;
 
 /// Run `f` as a thread that exists to wait (a FUSE thread running a request's first poll): its

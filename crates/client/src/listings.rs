@@ -16,7 +16,7 @@
 //! server for the directory's attributes once and goes on if the ctime has not moved.
 
 use cairn_proto::{Attr, DirChange, Ino, Timestamp, FIRST_COOKIE};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -35,12 +35,19 @@ pub enum Known {
     Absent,
     /// The directory's names were known, but the last check is too old: check its ctime.
     Stale,
+    /// The name is in the directory and names `ino`, as of a check vouched for until `until`
+    /// (which may be past: then check the directory's ctime first).
+    Present { ino: Ino, until: Instant },
     /// Nothing useful: ask the server.
     Unknown,
 }
 
+/// A directory's names and the inode each names (0: not known; the name is still known to be
+/// there).
+pub type Names = HashMap<Vec<u8>, Ino>;
+
 struct Listing {
-    names: HashSet<Vec<u8>>,
+    names: Names,
     /// The directory's ctime when its names were last known to be `names`.
     ctime: Timestamp,
     /// When the server last vouched for `ctime` (a check, or a change of this mount's).
@@ -50,7 +57,7 @@ struct Listing {
 /// A listing being read, chunk by chunk, by one reader (a second reader of the same directory
 /// starts it over; then neither learns anything, which costs only the saving).
 struct Reading {
-    names: HashSet<Vec<u8>>,
+    names: Names,
     ctime: Timestamp,
     /// The cookie the next chunk must start after.
     next: u64,
@@ -68,9 +75,15 @@ impl Listings {
     pub fn lookup(&self, dir: Ino, name: &[u8]) -> Known {
         let m = self.known.lock().expect("listings lock");
         match m.get(&dir) {
-            Some(l) if l.names.contains(name) => Known::Unknown,
-            Some(l) if l.checked.elapsed() < FRESH_FOR => Known::Absent,
-            Some(_) => Known::Stale,
+            Some(l) => match l.names.get(name) {
+                Some(0) => Known::Unknown,
+                Some(&ino) => Known::Present {
+                    ino,
+                    until: l.checked + FRESH_FOR,
+                },
+                None if l.checked.elapsed() < FRESH_FOR => Known::Absent,
+                None => Known::Stale,
+            },
             None => Known::Unknown,
         }
     }
@@ -83,7 +96,7 @@ impl Listings {
         m.insert(
             dir.ino,
             Listing {
-                names: HashSet::new(),
+                names: Names::new(),
                 ctime: dir.ctime,
                 checked: sent,
             },
@@ -91,14 +104,14 @@ impl Listings {
     }
 
     /// A chunk of a listing of `dir`, read after `sent`: the entries after `cookie` (each with
-    /// its name and cookie), whether they are the last, and the directory's ctime as of them.
+    /// its name, inode and cookie), whether they are the last, and the directory's ctime as of them.
     /// A listing read from its start to its end at one ctime holds every name the directory had
     /// (the ctime moves with every change of its entries), and is then known.
     pub fn listed<'a>(
         &self,
         dir: Ino,
         cookie: u64,
-        entries: impl Iterator<Item = (&'a [u8], u64)>,
+        entries: impl Iterator<Item = (&'a [u8], Ino, u64)>,
         eof: bool,
         ctime: Timestamp,
         sent: Instant,
@@ -111,7 +124,7 @@ impl Listings {
             reading.insert(
                 dir,
                 Reading {
-                    names: HashSet::new(),
+                    names: Names::new(),
                     ctime,
                     next: cookie,
                 },
@@ -126,8 +139,8 @@ impl Listings {
             reading.remove(&dir);
             return;
         }
-        for (name, c) in entries {
-            r.names.insert(name.to_vec());
+        for (name, ino, c) in entries {
+            r.names.insert(name.to_vec(), ino);
             r.next = c;
         }
         if r.names.len() > MAX_NAMES {
@@ -172,12 +185,7 @@ impl Listings {
     /// One of this mount's changes (sent at `sent`) changed the directory as `change` says;
     /// `edit` applies it to the names. A change that does not follow the ctime known here
     /// forgets the directory.
-    pub fn changed(
-        &self,
-        change: &DirChange,
-        sent: Instant,
-        edit: impl FnOnce(&mut HashSet<Vec<u8>>),
-    ) {
+    pub fn changed(&self, change: &DirChange, sent: Instant, edit: impl FnOnce(&mut Names)) {
         let mut m = self.known.lock().expect("listings lock");
         let Some(l) = m.get_mut(&change.attr.ino) else {
             return;
@@ -215,11 +223,19 @@ impl Listings {
         self.known.lock().expect("listings lock").remove(&dir);
     }
 
+    /// The inode `name` names in `dir`, if this mount knows it.
+    pub fn ino_of(&self, dir: Ino, name: &[u8]) -> Option<Ino> {
+        let m = self.known.lock().expect("listings lock");
+        m.get(&dir)
+            .and_then(|l| l.names.get(name).copied())
+            .filter(|&ino| ino != 0)
+    }
+
     /// Whether `name` is among the names known in `dir` (for a lookup's answer to be checked
     /// against); `None` when the directory is not known.
     pub fn contains(&self, dir: Ino, name: &[u8]) -> Option<bool> {
         let m = self.known.lock().expect("listings lock");
-        m.get(&dir).map(|l| l.names.contains(name))
+        m.get(&dir).map(|l| l.names.contains_key(name))
     }
 }
 
@@ -267,13 +283,13 @@ mod tests {
         l.made(&dir(5, 10), t);
         assert_eq!(l.lookup(5, b"a"), Known::Absent);
         l.changed(&change(5, 10, 11), t, |n| {
-            n.insert(b"a".to_vec());
+            n.insert(b"a".to_vec(), 0);
         });
         assert_eq!(l.lookup(5, b"a"), Known::Unknown, "a exists now");
         assert_eq!(l.lookup(5, b"b"), Known::Absent);
         // A change that does not follow ctime 11: another mount changed the directory first.
         l.changed(&change(5, 12, 13), t, |n| {
-            n.insert(b"c".to_vec());
+            n.insert(b"c".to_vec(), 0);
         });
         assert_eq!(l.lookup(5, b"b"), Known::Unknown);
     }
@@ -295,8 +311,9 @@ mod tests {
         let l = Listings::default();
         let t = Instant::now();
         let ts = |n| Timestamp { secs: 1, nanos: n };
-        let chunk =
-            |names: &'static [(&'static str, u64)]| names.iter().map(|(n, c)| (n.as_bytes(), *c));
+        let chunk = |names: &'static [(&'static str, u64)]| {
+            names.iter().map(|(n, c)| (n.as_bytes(), 0, *c))
+        };
         l.listed(3, 0, chunk(&[("a", 3), ("b", 4)]), false, ts(5), t);
         assert_eq!(l.lookup(3, b"z"), Known::Unknown, "half a listing");
         l.listed(3, 4, chunk(&[("c", 5)]), true, ts(5), t);
@@ -331,8 +348,16 @@ mod tests {
         let t = Instant::now();
         l.made(&dir(9, 1), t);
         l.changed(&change(9, 1, 2), t, |n| {
-            n.insert(b"f".to_vec());
+            n.insert(b"f".to_vec(), 12);
         });
+        assert_eq!(
+            l.lookup(9, b"f"),
+            Known::Present {
+                ino: 12,
+                until: t + FRESH_FOR
+            }
+        );
+        assert_eq!(l.ino_of(9, b"f"), Some(12));
         l.changed(&change(9, 2, 3), t, |n| {
             n.remove(&b"f"[..]);
         });

@@ -319,7 +319,13 @@ impl Filesystem for CairnFuse {
         let n = name(n);
         self.run(parent.0, move |c| async move {
             match c.lookup(parent.0, &n).await {
-                Ok(a) => reply.entry(&TTL, &attr(&a), Generation(a.generation)),
+                // fuser takes the attributes' TTL first.
+                Ok(e) => reply.entry_with_ttls(
+                    &e.attr_ttl,
+                    &e.entry_ttl,
+                    &attr(&e.attr),
+                    Generation(e.attr.generation),
+                ),
                 // An expected miss: not worth a log line.
                 Err(e) => reply.error(reply_err("lookup", &e)),
             }
