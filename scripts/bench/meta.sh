@@ -18,7 +18,9 @@
 #               filesystem; "kept": they are not, and stat is mostly answered by the kernel from
 #               what create left, for the 1 s TTL both filesystems give; which entries are still
 #               fresh then depends on how long create took, so a slower create makes a colder
-#               stat and the comparison says little. ["dropped"; "kept dropped" runs both]
+#               stat and the comparison says little; "aged": dropped, and then 1.1 s
+#               (untimed) before stat and before unlink, so that nothing either filesystem
+#               remembers of create is within the 1 s TTL. ["dropped"; "dropped aged" runs both]
 #   TRACE       1: after the timed runs, one untimed run per filesystem (1 thread, 200 files) under
 #               the kernel's fuse:fuse_request_send/_end tracepoints, to count the FUSE requests
 #               each operation sends and their median time to reply [1; skipped where the
@@ -63,15 +65,24 @@ if [[ ${DURABLE:-1} == 1 ]]; then
     filesystems+=(juicefs-durable)
 fi
 
+# cairn-bench's arguments for a CACHES mode.
+cache_args() {
+    case $1 in
+    dropped) echo --drop-caches ;;
+    aged) echo --drop-caches --age-ms 1100 ;;
+    kept) echo ;;
+    esac
+}
+
 raw=$WORK/meta.raw
 : >"$raw"
 read -r -a modes <<<"$CACHES"
 for mode in "${modes[@]}"; do
-    [[ $mode == dropped || $mode == kept ]] || die "CACHES: unknown mode $mode (use dropped, kept)"
+    [[ $mode == dropped || $mode == kept || $mode == aged ]] ||
+        die "CACHES: unknown mode $mode (use dropped, aged, kept)"
 done
 for mode in "${modes[@]}"; do
-    extra=()
-    [[ $mode == dropped ]] && extra=(--drop-caches)
+    read -r -a extra <<<"$(cache_args "$mode")"
     for threads in $THREADS; do
         for run in $(seq 1 "$RUNS"); do
             for fs in "${filesystems[@]}"; do
@@ -91,8 +102,7 @@ requests=$WORK/fuse-requests.txt
 if [[ $TRACE == 1 ]]; then
     if trace_available; then
         for mode in "${modes[@]}"; do
-            extra=()
-            [[ $mode == dropped ]] && extra=(--drop-caches)
+            read -r -a extra <<<"$(cache_args "$mode")"
             for fs in cairn juicefs; do
                 trace_fuse_requests "$WORK/mnt-$fs" "$WORK/trace-$fs-$mode.txt" \
                     timeout 600 "$CAIRN_BENCH" meta --dir "$WORK/mnt-$fs" --threads 1 --files "$TRACE_FILES" \
@@ -131,13 +141,14 @@ extra_rule = f"{'-'*14}:|{'-'*14}:|" if durable else ""
 print(f"| {'workload':<14} | {'threads':>7} | {'cairn ops/s':>11} | {'juicefs ops/s':>13} | {'cairn/juicefs':>13} | {'target':>6} | {'met':>3} |{extra_head}")
 print(f"|{'-'*16}|{'-'*8}:|{'-'*12}:|{'-'*14}:|{'-'*14}:|{'-'*7}:|{'-'*5}|{extra_rule}")
 modes = {k[0] for k in rows}
-for (mode, phase, threads) in sorted(rows, key=lambda k: (k[0] != "dropped", order.get(k[1], 9), k[2])):
-    if mode == "kept" and phase == "create" and "dropped" in modes:
+mode_order = {"dropped": 0, "aged": 1, "kept": 2}
+for (mode, phase, threads) in sorted(rows, key=lambda k: (mode_order.get(k[0], 9), order.get(k[1], 9), k[2])):
+    if mode != "dropped" and phase == "create" and "dropped" in modes:
         continue  # the same workload as with caches dropped: dropping comes after create
     r = rows[(mode, phase, threads)]
     c, j = statistics.median(r["cairn"]), statistics.median(r["juicefs"])
     ratio = c / j if j else float("inf")
-    name = phase if len(modes) == 1 or mode == "dropped" else f"{phase} (kept)"
+    name = phase if len(modes) == 1 or mode == "dropped" else f"{phase} ({mode})"
     t = target.get(phase)
     met = "-" if t is None else ("yes" if ratio >= t else "NO")
     ts = "-" if t is None else f">= {t:g}x"

@@ -12,6 +12,10 @@
 //!    reaches the filesystem.
 //! 4. `unlink`: each thread unlinks each of its files (after dropping caches too, with
 //!    `--drop-caches`).
+//!
+//!    With `--age-ms`, each of those two phases starts that long after the caches were dropped
+//!    (untimed): past the 1 s TTL, nothing a filesystem remembers of `create` is fresh enough to
+//!    answer a `stat` without asking its metadata server.
 //! 5. Remove the folders, untimed.
 //!
 //! Every phase does exactly N operations: no time limit decides how many, so the same arguments
@@ -41,6 +45,9 @@ pub struct MetaArgs {
     /// operation reaches the filesystem (needs root: writes /proc/sys/vm/drop_caches).
     #[arg(long)]
     pub drop_caches: bool,
+    /// Wait this long (untimed) before `stat` and before `unlink`, after dropping caches.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub age_ms: u64,
     /// Write `cairn-bench phase=NAME begin|end` to the kernel's trace_marker around each phase,
     /// so a trace of FUSE requests can be split by phase (scripts/bench counts requests this way).
     #[arg(long)]
@@ -87,11 +94,15 @@ fn phases(a: &MetaArgs, threads: usize, root: &Path) -> Result<()> {
         );
     }
     let paths = Arc::new(paths);
-    let extra: Vec<(&'static str, String)> = if a.drop_caches {
+    let mut extra: Vec<(&'static str, String)> = if a.drop_caches {
         vec![("caches", "dropped".into())]
     } else {
         Vec::new()
     };
+    if a.age_ms > 0 {
+        extra.push(("aged_ms", a.age_ms.to_string()));
+    }
+    let age = std::time::Duration::from_millis(a.age_ms);
 
     let marker = Marker::new(a.trace_marker);
 
@@ -104,6 +115,7 @@ fn phases(a: &MetaArgs, threads: usize, root: &Path) -> Result<()> {
     if a.drop_caches {
         drop_caches()?;
     }
+    std::thread::sleep(age);
     let p = paths.clone();
     let mut r = marker.around("stat", || {
         run_phase("stat", &counts, move |t, i| stat(&p[t][i as usize]))
@@ -114,6 +126,7 @@ fn phases(a: &MetaArgs, threads: usize, root: &Path) -> Result<()> {
     if a.drop_caches {
         drop_caches()?;
     }
+    std::thread::sleep(age);
     let p = paths.clone();
     let mut r = marker.around("unlink", || {
         run_phase("unlink", &counts, move |t, i| unlink(&p[t][i as usize]))
@@ -197,6 +210,7 @@ mod tests {
             threads: 3,
             files: 50,
             drop_caches: false,
+            age_ms: 0,
             trace_marker: false,
         })
         .unwrap();
@@ -211,6 +225,7 @@ mod tests {
             threads: 4,
             files: 2,
             drop_caches: false,
+            age_ms: 0,
             trace_marker: false,
         })
         .unwrap_err();
