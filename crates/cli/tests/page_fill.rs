@@ -158,6 +158,95 @@ fn a_random_read_of_a_local_block_fills_the_whole_block() {
     c.assert_no_panics();
 }
 
+/// Copies of blocks in the disk cache of `c`'s mount.
+fn cached_blocks(c: &Cluster) -> usize {
+    let Some(dir) = disk_cache_dir_in(&disk_cache_root(c.path()), c.path()) else {
+        return 0;
+    };
+    let Ok(folders) = std::fs::read_dir(dir.join("clean")) else {
+        return 0;
+    };
+    folders
+        .flatten()
+        .map(|f| std::fs::read_dir(f.path()).map_or(0, |d| d.count()))
+        .sum()
+}
+
+/// Once the disk cache holds the whole of a file read at random (one larger than the memory
+/// cache), the next random read that misses the page cache hands the kernel every block at once: one read in the last block
+/// brings the four blocks no read touched into the page cache too, with the file's bytes.
+#[test]
+fn once_a_file_is_local_one_random_read_fills_all_of_it() {
+    // A file larger than the memory cache is read at random in frames and copied into the disk
+    // cache whole in the background; a smaller one is kept whole in memory as it is read.
+    let Some(mut c) = require_fuse().then(|| {
+        Cluster::s3(bin())
+            .mount_args(&["--cache-size", "16MiB"])
+            .start()
+    }) else {
+        return;
+    };
+    let (len, block) = (24 * MIB, 4 * MIB);
+    let f = cold_stamped_file(&mut c, len);
+    // No read-ahead of the kernel's: each read below reaches the mount as it is.
+    // SAFETY: an advice on an open descriptor.
+    let rc = unsafe {
+        libc::posix_fadvise(
+            std::os::fd::AsRawFd::as_raw_fd(&f),
+            0,
+            0,
+            libc::POSIX_FADV_RANDOM,
+        )
+    };
+    assert_eq!(rc, 0, "posix_fadvise");
+    let mut buf = vec![0u8; PAGE as usize];
+    // Reads of fresh frames of the first block, each 2 MiB from the last (random to the mount),
+    // start the file's copy into the disk cache and end once the block is local and handed
+    // over whole.
+    let mut probes = 0;
+    let first = wait_until(Duration::from_secs(20), || {
+        if resident_pages(&f, 0, block) == (block / PAGE) as usize {
+            return true;
+        }
+        let (half, frame) = (probes % 2, (probes / 2) % (block / 2 / FRAME));
+        f.read_exact_at(&mut buf, half * (block / 2) + frame * FRAME + PAGE)
+            .expect("probe");
+        probes += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        false
+    });
+    assert!(
+        first,
+        "the first block never came into the page cache whole"
+    );
+    // The other blocks are copied beside the first; once they are in, one read in the last block.
+    let copied = wait_until(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(50));
+        cached_blocks(&c) >= (len / block) as usize
+    });
+    assert!(copied, "the file was not copied into the disk cache whole");
+    std::thread::sleep(Duration::from_millis(200));
+    f.read_exact_at(&mut buf, len - block + PAGE)
+        .expect("read in the last block");
+    let want = (len / PAGE) as usize;
+    let all = wait_until(Duration::from_secs(10), || {
+        std::thread::sleep(Duration::from_millis(100));
+        resident_pages(&f, 0, len) == want
+    });
+    assert!(
+        all,
+        "{} of the {want} pages of a file local whole are in the page cache after a read in its \
+         last block (blocks 2 to 5 never read)",
+        resident_pages(&f, 0, len)
+    );
+    for page in (0..len / PAGE).step_by(101) {
+        f.read_exact_at(&mut buf, page * PAGE)
+            .expect("read a filled page");
+        assert_eq!(stamp_of(page, &buf, "a page of the filled file"), 1);
+    }
+    c.assert_no_panics();
+}
+
 /// Readers read pages at random, with fills, while a writer on the same mount opens the file,
 /// stamps one page, and closes it, 150 times. A read that starts after a stamp's close returned
 /// sees that stamp or a later one, never an older page that a fill put back. (A read and a write
