@@ -225,11 +225,6 @@ struct FileState {
     /// Blocks (index, version) handed to the kernel whole since the file's first open (see
     /// [`Client::block_fill`]); goes with the state at the last close.
     handed: StdMutex<std::collections::HashSet<(u64, u64)>>,
-    /// Every committed block is in the disk cache: the copy of [`Client::warm_file`] is done.
-    all_local: std::sync::atomic::AtomicBool,
-    /// The blocks not handed over were offered to the kernel at once, after the copy
-    /// ([`Client::spread_fill`]).
-    spread: std::sync::atomic::AtomicBool,
 }
 
 /// Key of the in-memory cache: (inode, block index, block version, part), where part is
@@ -1158,8 +1153,6 @@ impl Client {
                         Arc::new(FileState {
                             inner: Mutex::new(FileInner::default()),
                             handed: StdMutex::default(),
-                            all_local: Default::default(),
-                            spread: Default::default(),
                         })
                     })
                     .clone()
@@ -1846,25 +1839,6 @@ impl Client {
         });
     }
 
-    /// Once a file read at random is local whole ([`Client::warm_file`] done), the first random
-    /// read after that hands the kernel every block at once, instead of one block per read that
-    /// misses the page cache: the misses of a file 512 blocks long kept a random reader at a
-    /// fraction of memory speed for two seconds after the copy ended. Returns the blocks (index,
-    /// ref) to offer, once per open, under the file's lock (`inner`); [`Client::block_fill`]
-    /// then skips those handed over already.
-    fn spread_fill(&self, f: &FileState, inner: &FileInner) -> Vec<(u64, BlockRef)> {
-        use std::sync::atomic::Ordering;
-        if !f.all_local.load(Ordering::Acquire)
-            || inner.size > self.block_fill_max
-            || !inner.dirty.is_empty()
-            || !inner.pending.is_empty()
-            || f.spread.swap(true, Ordering::AcqRel)
-        {
-            return Vec::new();
-        }
-        inner.map.iter().map(|(i, r)| (*i, *r)).collect()
-    }
-
     /// Block `r` at file offset `bstart`, to hand the kernel whole after a random read of
     /// `read` ([`PageFill::blocks`]), if it is local (in the memory cache whole, or in the disk
     /// cache), the file is small enough ([`Client::block_fill_max`]), the read did not cover it,
@@ -1952,10 +1926,7 @@ impl Client {
                 let mut inner = f.inner.lock().await;
                 let blocks = inner.size.div_ceil(self.bs);
                 if next >= blocks {
-                    let refs: Vec<BlockRef> = inner.map.values().copied().collect();
-                    drop(inner);
-                    drop(f);
-                    return self.await_local(ino, refs).await;
+                    return Ok(());
                 }
                 let to = (next + WARM_MAP_CHUNK).min(blocks);
                 if !inner.map_loaded && (next..to).any(|i| !inner.map.contains_key(&i)) {
@@ -1982,30 +1953,6 @@ impl Client {
                 }
                 self.spawn_fill(ino, r, permit, false);
             }
-        }
-    }
-
-    /// The copy of [`Client::warm_file`] has issued its last block reads: once `refs` are all
-    /// in the disk cache, mark the file local whole ([`Client::spread_fill`]). Gives up when the
-    /// file is closed, or after a minute (a block read that failed is not read again here).
-    async fn await_local(&self, ino: Ino, refs: Vec<BlockRef>) -> Result<(), RpcError> {
-        let give_up = Instant::now() + Duration::from_secs(60);
-        let mut waiting = refs;
-        loop {
-            waiting.retain(|r| !self.store.is_cached(&self.key(ino, r.index, r.version)));
-            let Some(f) = self.file(ino) else {
-                return Ok(());
-            };
-            if waiting.is_empty() {
-                f.all_local
-                    .store(true, std::sync::atomic::Ordering::Release);
-                return Ok(());
-            }
-            drop(f);
-            if Instant::now() > give_up {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -2041,7 +1988,7 @@ impl Client {
             Part(BlockRef, u64, u64),
             Hole,
         }
-        let (plan, size, prefetch, ticket, spread) = {
+        let (plan, size, prefetch, ticket) = {
             let mut inner = f.inner.lock().await;
             let size = inner.size;
             if offset >= size || len == 0 {
@@ -2130,11 +2077,7 @@ impl Client {
             } else {
                 self.page_fills.ticket(ino)
             };
-            let spread = match ticket {
-                Some(_) => self.spread_fill(&f, &inner),
-                None => Vec::new(),
-            };
-            (plan, size, prefetch, ticket, spread)
+            (plan, size, prefetch, ticket)
         };
         for r in prefetch {
             let me = self.clone();
@@ -2175,12 +2118,6 @@ impl Client {
                     whole.push(b);
                 } else if u64::from(len) < FRAME {
                     parts.extend(frames_around(bstart + at, data, offset..end, size));
-                }
-            }
-            for (index, r) in spread {
-                let bstart = index * bs;
-                if let Some(b) = self.block_fill(&f, ino, r, bstart, offset..end, size) {
-                    whole.push(b);
                 }
             }
             (!parts.is_empty() || !whole.is_empty()).then_some(PageFill {

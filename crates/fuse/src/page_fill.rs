@@ -27,53 +27,6 @@ const STORE_CHUNK: usize = 1 << 20;
 /// not be stored) and stores under way (which the changes must wait for).
 const DELAY_VAR: &str = "CAIRN_PAGE_FILL_DELAY_MS";
 
-/// Whole blocks read and stored per ticket check: a fill may offer every block of a file.
-const BLOCKS_AT_ONCE: usize = 4;
-
-/// Store the whole blocks `group` of `fill`, and its frames `with_parts`; false if the ticket is spoiled or the
-/// kernel refuses (then the rest of the fill is dropped).
-fn store_group(
-    client: &Client,
-    rt: &Handle,
-    kernel: &Notifier,
-    fill: &PageFill,
-    with_parts: bool,
-    group: &[cairn_client::page_fill::BlockFill],
-    delay: Option<std::time::Duration>,
-) -> bool {
-    // Whole blocks are read before the store begins: their refs name bytes that never change,
-    // and a change of the file meanwhile spoils the ticket. The cache reads run on this thread,
-    // which exists to wait: handed to the runtime's blocking pool instead, a read under way when
-    // the mount stops would be cancelled under this thread's feet.
-    let blocks: Vec<_> = group
-        .iter()
-        .filter_map(|b| {
-            let data = cairn_client::on_waiting_thread(|| {
-                rt.block_on(client.block_for_fill(fill.ino, b.r))
-            })?;
-            Some((b.at, data.slice(..(b.len as usize).min(data.len()))))
-        })
-        .collect();
-    let Some(_storing) = client.begin_page_fill(fill) else {
-        return false;
-    };
-    if let Some(delay) = delay {
-        std::thread::sleep(delay);
-    }
-    let parts = if with_parts { &fill.parts[..] } else { &[] };
-    for (offset, bytes) in parts.iter().chain(&blocks) {
-        for (i, piece) in bytes.chunks(STORE_CHUNK).enumerate() {
-            let at = offset + (i * STORE_CHUNK) as u64;
-            // ENOENT: the kernel has forgotten the inode; nothing to fill.
-            if let Err(e) = kernel.store(INodeNo(fill.ino), at, piece) {
-                debug!(ino = fill.ino, offset = at, "page fill refused: {e}");
-                return false;
-            }
-        }
-    }
-    true
-}
-
 /// The sending end of the page fill thread; the thread ends when this is dropped.
 pub(crate) struct PageFiller {
     queue: SyncSender<PageFill>,
@@ -100,19 +53,36 @@ impl PageFiller {
                     if let Some(delay) = delay {
                         std::thread::sleep(delay);
                     }
-                    // The frames first, with the first blocks; then the rest of the blocks a
-                    // few at a time (a fill may offer a whole file), each group checked anew.
-                    let mut groups = fill.blocks.chunks(BLOCKS_AT_ONCE);
-                    let mut with_parts = !fill.parts.is_empty();
-                    loop {
-                        let group = groups.next().unwrap_or_default();
-                        if group.is_empty() && !with_parts {
-                            break;
+                    // Whole blocks are read before the store begins: their refs name bytes that
+                    // never change, and a change of the file meanwhile spoils the ticket. The
+                    // cache reads run on this thread, which exists to wait: handed to the
+                    // runtime's blocking pool instead, a read under way when the mount stops
+                    // would be cancelled under this thread's feet.
+                    let blocks: Vec<_> = fill
+                        .blocks
+                        .iter()
+                        .filter_map(|b| {
+                            let data = cairn_client::on_waiting_thread(|| {
+                                rt.block_on(client.block_for_fill(fill.ino, b.r))
+                            })?;
+                            Some((b.at, data.slice(..(b.len as usize).min(data.len()))))
+                        })
+                        .collect();
+                    let Some(_storing) = client.begin_page_fill(&fill) else {
+                        continue;
+                    };
+                    if let Some(delay) = delay {
+                        std::thread::sleep(delay);
+                    }
+                    'parts: for (offset, bytes) in fill.parts.iter().chain(&blocks) {
+                        for (i, piece) in bytes.chunks(STORE_CHUNK).enumerate() {
+                            let at = offset + (i * STORE_CHUNK) as u64;
+                            // ENOENT: the kernel has forgotten the inode; nothing to fill.
+                            if let Err(e) = kernel.store(INodeNo(fill.ino), at, piece) {
+                                debug!(ino = fill.ino, offset = at, "page fill refused: {e}");
+                                break 'parts;
+                            }
                         }
-                        if !store_group(&client, &rt, kernel, &fill, with_parts, group, delay) {
-                            break;
-                        }
-                        with_parts = false;
                     }
                 }
             })?;
