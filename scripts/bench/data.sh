@@ -48,6 +48,8 @@
 #   BENCH_RAND_THREADS thread counts of the random-read runs (all threads on the one file) ["1 4"]
 #   BENCH_FS           filesystems to run ["cairn juicefs s3fs rclone"; cairn is always first]
 #   BENCH_TIMEOUT      seconds before a sequential or small-file run is stopped [900]
+#   BENCH_IOPS_LOG     1: log each random-read run's IOPS second by second (all threads
+#                      together), to see how soon each filesystem reaches its page cache's speed [0]
 #   RESULTS            also write the raw results (TSV) to this file
 #   KEEP_WORK          1 keeps the work folder (logs) after a successful run [0]
 set -euo pipefail
@@ -318,9 +320,18 @@ rand_read() { # rand_read FS BS THREADS
     drop_caches
     size_ok "$fs" 1 || { record "$row" "$t" "$fs" n/a "" "no complete file from the 1-thread write"; return 0; }
     local json=$WORK/fio-$fs-rand$bs-$t.json
+    local iops_log=()
+    [[ ${BENCH_IOPS_LOG:-0} == 1 ]] && iops_log=(--write_iops_log="$WORK/iops-$fs-$bs-$t" --log_avg_msec=1000)
     if run_fio "$fs" $((TIME * 3 + 120)) "$json" --name="rand$bs" --filename="${MNT[$fs]}/seq1.0" \
         --rw=randread --bs="$bs" --size="${SIZE_MIB}M" --numjobs="$t" --time_based --runtime="$TIME" \
-        --norandommap --randrepeat=1 --allow_file_create=0; then
+        --norandommap --randrepeat=1 --allow_file_create=0 "${iops_log[@]}"; then
+        if ((${#iops_log[@]})); then
+            # One log per thread ("TIME_MS, IOPS, ..." a line a second): summed second by second.
+            log "IOPS per second, random read $bs, $t threads, $fs: $(awk -F, '
+                { s[int($1 / 1000)] += $2; if (int($1 / 1000) > n) n = int($1 / 1000) }
+                END { for (i = 1; i <= n; i++) printf "%d ", s[i] }' "$WORK/iops-$fs-$bs-$t"_iops.*.log)"
+            rm -f "$WORK/iops-$fs-$bs-$t"_iops.*.log
+        fi
         record "$row" "$t" "$fs" "$(fio_field "$json" read_iops)" \
             "$(awk -v b="$(fio_field "$json" read_bw)" 'BEGIN { printf "%.2f", b / 1e6 }')"
     else
