@@ -199,6 +199,22 @@ fn past_the_ttl() {
     std::thread::sleep(Duration::from_millis(1200));
 }
 
+fn append(p: &Path, bytes: &[u8]) {
+    OpenOptions::new()
+        .append(true)
+        .open(p)
+        .and_then(|mut w| w.write_all(bytes))
+        .unwrap_or_else(|e| panic!("append to {}: {e}", p.display()));
+}
+
+fn truncate(p: &Path, len: u64) {
+    OpenOptions::new()
+        .write(true)
+        .open(p)
+        .and_then(|w| w.set_len(len))
+        .unwrap_or_else(|e| panic!("truncate {}: {e}", p.display()));
+}
+
 fn size_and_mode(p: &Path) -> (u64, u32) {
     let m = fs::metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
     (m.len(), m.permissions().mode() & 0o7777)
@@ -224,18 +240,10 @@ fn files_looked_up_again_show_every_change() {
     fs::set_permissions(&f, fs::Permissions::from_mode(0o600)).expect("chmod");
     past_the_ttl();
     assert_eq!(size_and_mode(&f), (5, 0o600), "after this mount's chmod");
-    OpenOptions::new()
-        .append(true)
-        .open(&f)
-        .and_then(|mut w| w.write_all(b" world"))
-        .expect("append");
+    append(&f, b" world");
     past_the_ttl();
     assert_eq!(fs::read(&f).expect("read"), b"hello world");
-    OpenOptions::new()
-        .write(true)
-        .open(&f)
-        .and_then(|w| w.set_len(3))
-        .expect("truncate");
+    truncate(&f, 3);
     past_the_ttl();
     assert_eq!(
         fs::read(&f).expect("read"),
@@ -254,11 +262,7 @@ fn files_looked_up_again_show_every_change() {
     past_the_ttl();
 
     // Another mount's: grown, then cut, then chmod.
-    OpenOptions::new()
-        .append(true)
-        .open(&there)
-        .and_then(|mut w| w.write_all(b"p me, please"))
-        .expect("append there");
+    append(&there, b"p me, please");
     past_the_ttl();
     assert_eq!(
         fs::read(&f).expect("read"),
@@ -267,11 +271,7 @@ fn files_looked_up_again_show_every_change() {
     );
     assert_eq!(size_and_mode(&f).0, 15, "size another mount grew");
     past_the_ttl();
-    OpenOptions::new()
-        .write(true)
-        .open(&there)
-        .and_then(|w| w.set_len(4))
-        .expect("truncate there");
+    truncate(&there, 4);
     fs::set_permissions(&there, fs::Permissions::from_mode(0o640)).expect("chmod there");
     past_the_ttl();
     assert_eq!(

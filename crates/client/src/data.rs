@@ -695,10 +695,9 @@ impl Client {
 
     /// Change attributes. A size change first commits this mount's buffered writes.
     pub async fn setattr(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
-        self.known_attrs.forget(ino);
-        let a = self.setattr_now(ino, set, caller).await;
-        self.known_attrs.forget(ino);
-        a
+        self.known_attrs
+            .changing(Some(ino), self.setattr_now(ino, set, caller))
+            .await
     }
 
     async fn setattr_now(&self, ino: Ino, set: SetAttr, caller: Caller) -> Result<Attr, RpcError> {
@@ -876,21 +875,10 @@ impl Client {
             caller,
         };
         let gone = self.listings.ino_of(parent, name);
-        self.forget_attrs(gone);
-        let done = self
-            .call_dirs(req, |_, names| {
-                names.remove(name);
-            })
-            .await;
-        self.forget_attrs(gone);
-        done
-    }
-
-    /// This mount is changing (or has changed) `ino`, if known: forget its attributes.
-    fn forget_attrs(&self, ino: Option<Ino>) {
-        if let Some(ino) = ino {
-            self.known_attrs.forget(ino);
-        }
+        let remove = self.call_dirs(req, |_, names| {
+            names.remove(name);
+        });
+        self.known_attrs.changing(gone, remove).await
     }
 
     /// Remove an empty directory.
@@ -930,25 +918,21 @@ impl Client {
         // The kernel moves the moved inode's ctime itself; the replaced one loses a link.
         let moved = self.listings.ino_of(parent, name);
         let replaced = self.listings.ino_of(new_parent, new_name);
-        self.forget_attrs(moved);
-        self.forget_attrs(replaced);
-        let done = self
-            .call_dirs(req, |dir, names| {
-                if dir == parent {
-                    if exchange {
-                        names.insert(name.to_vec(), replaced.unwrap_or(0));
-                    } else {
-                        names.remove(name);
-                    }
+        let rename = self.call_dirs(req, |dir, names| {
+            if dir == parent {
+                if exchange {
+                    names.insert(name.to_vec(), replaced.unwrap_or(0));
+                } else {
+                    names.remove(name);
                 }
-                if dir == new_parent {
-                    names.insert(new_name.to_vec(), moved.unwrap_or(0));
-                }
-            })
-            .await;
-        self.forget_attrs(moved);
-        self.forget_attrs(replaced);
-        done
+            }
+            if dir == new_parent {
+                names.insert(new_name.to_vec(), moved.unwrap_or(0));
+            }
+        });
+        self.known_attrs
+            .changing(moved.into_iter().chain(replaced), rename)
+            .await
     }
 
     /// New hard link.
@@ -1066,17 +1050,13 @@ impl Client {
     ) -> Result<(), RpcError> {
         self.no_caps.lock().expect("caps lock").remove(&ino);
         // An ACL changes the mode; any xattr the ctime.
-        self.known_attrs.forget(ino);
-        let done = self
-            .call_empty(Request::SetXattr {
-                ino,
-                name: name.to_vec(),
-                value: value.to_vec(),
-                flags,
-            })
-            .await;
-        self.known_attrs.forget(ino);
-        done
+        let set = self.call_empty(Request::SetXattr {
+            ino,
+            name: name.to_vec(),
+            value: value.to_vec(),
+            flags,
+        });
+        self.known_attrs.changing(Some(ino), set).await
     }
 
     /// Whether this mount knows `ino` has no xattr `name` (only `security.capability` is
@@ -1130,15 +1110,11 @@ impl Client {
 
     /// Remove an xattr.
     pub async fn removexattr(&self, ino: Ino, name: &[u8]) -> Result<(), RpcError> {
-        self.known_attrs.forget(ino);
-        let done = self
-            .call_empty(Request::RemoveXattr {
-                ino,
-                name: name.to_vec(),
-            })
-            .await;
-        self.known_attrs.forget(ino);
-        done
+        let remove = self.call_empty(Request::RemoveXattr {
+            ino,
+            name: name.to_vec(),
+        });
+        self.known_attrs.changing(Some(ino), remove).await
     }
 
     async fn track_open(&self, attr: &Attr) {

@@ -78,7 +78,11 @@ impl KnownAttrs {
     /// that has one name; a directory's attributes move with its entries, and a file with
     /// several names can change through one this mount does not know of.
     pub fn answered(&self, attr: &Attr, ticket: u64, sent: Instant) {
-        let usable = attr.kind != FileKind::Dir && attr.nlink == 1;
+        if attr.kind == FileKind::Dir {
+            // Never answered from here: not worth the lock, on every directory's GETATTR.
+            return;
+        }
+        let usable = attr.nlink == 1;
         let mut s = self.slots.lock().expect("known attrs lock");
         if ticket < s.floor {
             return;
@@ -130,6 +134,20 @@ impl KnownAttrs {
     pub fn knows(&self, ino: Ino) -> bool {
         let s = self.slots.lock().expect("known attrs lock");
         s.map.get(&ino).is_some_and(|slot| slot.attr.is_some())
+    }
+
+    /// Runs `change`, a change of this mount's to `inos`: what is known of them is forgotten
+    /// before it (no lookup is answered from it while the change is under way) and again after
+    /// it (no answer to a request sent before the change landed is kept).
+    pub async fn changing<T>(
+        &self,
+        inos: impl IntoIterator<Item = Ino> + Clone,
+        change: impl std::future::Future<Output = T>,
+    ) -> T {
+        inos.clone().into_iter().for_each(|ino| self.forget(ino));
+        let done = change.await;
+        inos.into_iter().for_each(|ino| self.forget(ino));
+        done
     }
 
     /// The entry to answer a lookup with, for `ino` named in a directory whose listing is vouched
