@@ -10,8 +10,10 @@
 # redis without persistence (`juicefs mount -d`, defaults, with its disk cache in
 # $WORK/juicefs-cache); s3fs (defaults: no local cache); `rclone mount --vfs-cache-mode off`.
 # Both disk caches are deleted at every remount, so that a cold read is served by the bucket.
-# Then, each workload on each filesystem in turn (fio with ioengine=psync, buffered I/O, random
-# data):
+# First, the store alone (`cairn-bench store`: SIZE in 4 MiB objects, PUT, drop caches, GET, 16 at once,
+# no filesystem), the ceiling of the sequential rows, printed under the table with each sequential
+# row as a share of it. Then, each workload on each filesystem in turn (fio with ioengine=psync,
+# buffered I/O, random data):
 #
 #  1. seq write: one file of SIZE (1 thread) or one file of SIZE/4 per thread (4 threads), 1 MiB
 #     writes, end_fsync=1; MB/s = bytes / wall time of the whole fio run (create, write, fsync,
@@ -423,6 +425,23 @@ small_files() { # small_files FS write|read THREADS
 
 # --- the run --------------------------------------------------------------------------------------
 
+# The store alone, before any filesystem is mounted: what SeaweedFS takes and serves on this
+# machine to the lightest client (no FUSE, no page cache, no local copy), the ceiling every
+# filesystem's sequential rows share. Same bytes as the sequential runs, in 4 MiB objects (cairn's
+# blocks), 16 at once (cairn's default for uploads and for downloads), the GETs after `sync` and
+# `drop_caches` as for a cold read.
+create_bucket store-alone
+STORE_PUT=n/a STORE_GET=n/a
+if out=$(timeout -k 10 "$STEP_TIMEOUT" env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
+    "$CAIRN_BENCH" store --endpoint "$S3_ENDPOINT" --bucket store-alone --region "$S3_REGION" \
+    --size-mib "$SIZE_MIB" --object-mib 4 --parallel 16 --drop-caches 2>&1); then
+    STORE_PUT=$(awk '$1 == "put" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
+    STORE_GET=$(awk '$1 == "get" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
+    log "the store alone: PUT $STORE_PUT MB/s, GET $STORE_GET MB/s"
+else
+    log "cairn-bench store failed: $(tail -n 1 <<<"$out" | cut -c1-200)"
+fi
+
 fs_mount cairn || die "cairn mount failed"
 for fs in "${FSES[@]:1}"; do
     [[ -n ${NA[$fs]:-} ]] && continue
@@ -473,9 +492,9 @@ echo "cairn meta serve --sync + cairn mount start (defaults; disk cache in the w
     "persistence; s3fs ${VERSION[s3fs]:-?} (defaults, no use_cache); rclone ${VERSION[rclone]:-?} mount" \
     "--vfs-cache-mode $RCLONE_CACHE_MODE; SeaweedFS $(weed version 2>/dev/null | head -1 | awk '{print $3}'); fio $(fio --version)"
 echo
-python3 - "$RAW" "${FSES[@]}" <<'PY'
+python3 - "$RAW" "$STORE_PUT" "$STORE_GET" "${FSES[@]}" <<'PY'
 import sys
-raw, fses = sys.argv[1], sys.argv[2:]
+raw, store_put, store_get, fses = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 peers = fses[1:]
 rows, order, why = {}, [], {}
 for line in open(raw):
@@ -522,6 +541,21 @@ for key in order:
         else:
             ratios.append("n/a")
     print("| " + " | ".join([name, str(key[1]), label_unit] + cells + ratios) + " |")
+# The store alone, and each sequential row as a share of it.
+store = {"seqwrite": store_put, "overwrite": store_put, "seqread-cold": store_get}
+print()
+print(f"the store alone (cairn-bench store, 4 MiB objects, 16 at once, no filesystem): "
+      f"PUT {store_put} MB/s, GET {store_get} MB/s")
+for key in order:
+    ceiling = store.get(key[0])
+    if ceiling in (None, "", "n/a") or float(ceiling) <= 0:
+        continue
+    shares = []
+    for fs in fses:
+        v = rows[key].get(fs)
+        if v and v[0] != "n/a":
+            shares.append(f"{fs} {100 * float(v[0]) / float(ceiling):.0f}%")
+    print(f"  {label[key[0]][0]}, {key[1]} thr: " + ", ".join(shares) + " of the store alone")
 if why:
     print()
     for (fs, note), keys in why.items():
