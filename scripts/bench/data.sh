@@ -10,10 +10,10 @@
 # redis without persistence (`juicefs mount -d`, defaults, with its disk cache in
 # $WORK/juicefs-cache); s3fs (defaults: no local cache); `rclone mount --vfs-cache-mode off`.
 # Both disk caches are deleted at every remount, so that a cold read is served by the bucket.
-# First, the store alone (`cairn-bench store`: SIZE in 4 MiB objects, PUT, drop caches, GET, 16 at once,
-# no filesystem), the ceiling of the sequential rows, printed under the table with each sequential
-# row as a share of it. Then, each workload on each filesystem in turn (fio with ioengine=psync,
-# buffered I/O, random data):
+# Each workload on each filesystem in turn (fio with ioengine=psync, buffered I/O, random data),
+# then the store alone (`cairn-bench store`: SIZE in 4 MiB objects, PUT, drop caches, GET, 16 at
+# once, no filesystem), the ceiling of the sequential rows, printed under the table with each
+# sequential row as a share of it:
 #
 #  1. seq write: one file of SIZE (1 thread) or one file of SIZE/4 per thread (4 threads), 1 MiB
 #     writes, end_fsync=1; MB/s = bytes / wall time of the whole fio run (create, write, fsync,
@@ -425,23 +425,6 @@ small_files() { # small_files FS write|read THREADS
 
 # --- the run --------------------------------------------------------------------------------------
 
-# The store alone, before any filesystem is mounted: what SeaweedFS takes and serves on this
-# machine to the lightest client (no FUSE, no page cache, no local copy), the ceiling every
-# filesystem's sequential rows share. Same bytes as the sequential runs, in 4 MiB objects (cairn's
-# blocks), 16 at once (cairn's default for uploads and for downloads), the GETs after `sync` and
-# `drop_caches` as for a cold read.
-create_bucket store-alone
-STORE_PUT=n/a STORE_GET=n/a
-if out=$(timeout -k 10 "$STEP_TIMEOUT" env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
-    "$CAIRN_BENCH" store --endpoint "$S3_ENDPOINT" --bucket store-alone --region "$S3_REGION" \
-    --size-mib "$SIZE_MIB" --object-mib 4 --parallel 16 --drop-caches 2>&1); then
-    STORE_PUT=$(awk '$1 == "put" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
-    STORE_GET=$(awk '$1 == "get" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
-    log "the store alone: PUT $STORE_PUT MB/s, GET $STORE_GET MB/s"
-else
-    log "cairn-bench store failed: $(tail -n 1 <<<"$out" | cut -c1-200)"
-fi
-
 fs_mount cairn || die "cairn mount failed"
 for fs in "${FSES[@]:1}"; do
     [[ -n ${NA[$fs]:-} ]] && continue
@@ -481,6 +464,24 @@ for t in $THREADS; do
 done
 for fs in "${FSES[@]}"; do sample_rss "$fs"; done
 elapsed=$((SECONDS - started))
+
+# The store alone, after every filesystem's runs (so that nothing it leaves, such as deleted
+# objects SeaweedFS may compact, lands in a filesystem's run): what SeaweedFS takes and serves on this
+# machine to the lightest client (no FUSE, no page cache, no local copy), the ceiling every
+# filesystem's sequential rows share. Same bytes as the sequential runs, in 4 MiB objects (cairn's
+# blocks), 16 at once (cairn's default for uploads and for downloads), the GETs after `sync` and
+# `drop_caches` as for a cold read.
+create_bucket store-alone
+STORE_PUT=n/a STORE_GET=n/a
+if out=$(timeout -k 10 "$STEP_TIMEOUT" env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
+    "$CAIRN_BENCH" store --endpoint "$S3_ENDPOINT" --bucket store-alone --region "$S3_REGION" \
+    --size-mib "$SIZE_MIB" --object-mib 4 --parallel 16 --drop-caches 2>&1); then
+    STORE_PUT=$(awk '$1 == "put" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
+    STORE_GET=$(awk '$1 == "get" { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out")
+    log "the store alone: PUT $STORE_PUT MB/s, GET $STORE_GET MB/s"
+else
+    log "cairn-bench store failed: $(tail -n 1 <<<"$out" | cut -c1-200)"
+fi
 [[ -n ${RESULTS:-} ]] && cp "$RAW" "$RESULTS"
 
 # --- the table ------------------------------------------------------------------------------------
