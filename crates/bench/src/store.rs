@@ -26,6 +26,7 @@ use rand::RngCore;
 
 use crate::report::PhaseResult;
 
+/// What to move and how: the scripts pass the data benchmark's size and cairn's block size.
 #[derive(Args, Debug)]
 pub struct StoreArgs {
     /// S3 endpoint, e.g. http://127.0.0.1:8333 (credentials from AWS_ACCESS_KEY_ID and
@@ -53,6 +54,7 @@ pub struct StoreArgs {
     pub drop_caches: bool,
 }
 
+/// Prints a `put` and a `get` line (see [`crate::report`]) with `mb_per_sec` appended.
 pub fn run(a: &StoreArgs) -> Result<()> {
     if a.size_mib < a.object_mib {
         bail!(
@@ -103,59 +105,38 @@ async fn run_phases(store: Arc<dyn ObjectStore>, a: &StoreArgs) -> Result<()> {
     rand::rng().fill_bytes(&mut noise);
     let noise = Bytes::from(noise);
 
-    let put = {
-        let noise = noise.clone();
-        phase(
-            "put",
-            store.clone(),
-            paths.clone(),
-            a,
-            object_bytes,
-            move |s, p, i| {
-                let noise = noise.clone();
-                async move {
-                    // Each object its own first bytes, the rest shared: no copy of the 4 MiB.
-                    let mut head = BytesMut::from(&noise[..8]);
-                    head.copy_from_slice(&(i as u64).to_le_bytes());
-                    let payload = PutPayload::from_iter([head.freeze(), noise.slice(8..)]);
-                    s.put(&p, payload).await.map(|_| ())?;
-                    Ok(())
-                }
-            },
-        )
-        .await
-    };
-    let get = match put {
-        Ok(r) => {
-            println!("{}", r.line());
-            let dropped = if a.drop_caches { drop_caches() } else { Ok(()) };
-            match dropped {
-                Err(e) => Err(e),
-                Ok(()) => {
-                    phase(
-                        "get",
-                        store.clone(),
-                        paths.clone(),
-                        a,
-                        object_bytes,
-                        move |s, p, _| async move {
-                            let mut body = s.get(&p).await?.into_stream();
-                            let mut n = 0usize;
-                            while let Some(chunk) = body.next().await {
-                                n += chunk?.len();
-                            }
-                            if n != object_bytes {
-                                bail!("{p}: read {n} bytes, wrote {object_bytes}");
-                            }
-                            Ok(())
-                        },
-                    )
-                    .await
-                }
+    let measured = async {
+        let put = phase("put", &store, &paths, a, move |s, p, i| {
+            let noise = noise.clone();
+            async move {
+                // Each object its own first bytes, the rest shared: no copy of the 4 MiB.
+                let mut head = BytesMut::from(&noise[..8]);
+                head.copy_from_slice(&(i as u64).to_le_bytes());
+                let payload = PutPayload::from_iter([head.freeze(), noise.slice(8..)]);
+                s.put(&p, payload).await?;
+                Ok(())
             }
+        })
+        .await
+        .map_err(|e| explain(e, a))?;
+        println!("{}", put.line());
+        if a.drop_caches {
+            drop_caches()?;
         }
-        Err(e) => Err(e),
-    };
+        phase("get", &store, &paths, a, move |s, p, _| async move {
+            let mut body = s.get(&p).await?.into_stream();
+            let mut n = 0usize;
+            while let Some(chunk) = body.next().await {
+                n += chunk?.len();
+            }
+            if n != object_bytes {
+                bail!("{p}: read {n} bytes, wrote {object_bytes}");
+            }
+            Ok(())
+        })
+        .await
+    }
+    .await;
     // Clean up whatever was written, also after a failure.
     let mut left = 0usize;
     for p in paths.iter() {
@@ -163,12 +144,34 @@ async fn run_phases(store: Arc<dyn ObjectStore>, a: &StoreArgs) -> Result<()> {
             left += 1;
         }
     }
-    let r = get?;
-    println!("{}", r.line());
     if left > 0 {
-        eprintln!("warning: {left} objects under {prefix}/ could not be deleted");
+        eprintln!(
+            "warning: {left} objects under {prefix}/ not deleted (never written, or the DELETE failed)"
+        );
     }
+    let get = measured?;
+    println!("{}", get.line());
     Ok(())
+}
+
+/// A PUT that finds nothing there means the bucket is missing: say so, not the store's XML.
+fn explain(e: anyhow::Error, a: &StoreArgs) -> anyhow::Error {
+    let missing = e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<object_store::Error>(),
+            Some(object_store::Error::NotFound { .. })
+        )
+    });
+    if missing {
+        anyhow::anyhow!(
+            "bucket `{}` not found at {}: create it first (e.g. `aws s3 mb s3://{}`)",
+            a.bucket,
+            a.endpoint,
+            a.bucket
+        )
+    } else {
+        e
+    }
 }
 
 /// `sync` and `echo 3 > /proc/sys/vm/drop_caches`.
@@ -182,10 +185,9 @@ fn drop_caches() -> Result<()> {
 /// Runs `op` on every path with `--parallel` at once; one latency per object.
 async fn phase<F, Fut>(
     name: &'static str,
-    store: Arc<dyn ObjectStore>,
-    paths: Arc<Vec<Path>>,
+    store: &Arc<dyn ObjectStore>,
+    paths: &Arc<Vec<Path>>,
     a: &StoreArgs,
-    object_bytes: usize,
     op: F,
 ) -> Result<PhaseResult>
 where
@@ -217,7 +219,7 @@ where
         latencies_us.extend(done.context("a request task panicked")??);
     }
     let elapsed = start.elapsed();
-    let mb = (paths.len() * object_bytes) as f64 / 1e6;
+    let mb = (paths.len() as u64 * (a.object_mib << 20)) as f64 / 1e6;
     Ok(PhaseResult {
         phase: name,
         threads: a.parallel as usize,
