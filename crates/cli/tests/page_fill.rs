@@ -158,6 +158,50 @@ fn a_random_read_of_a_local_block_fills_the_whole_block() {
     c.assert_no_panics();
 }
 
+/// Without a disk cache, a random read of a file larger than the memory cache reads its block
+/// whole in the background and hands it to the kernel: one 128 KiB read (a frame's size and
+/// more, so no frame fill) brings all 4 MiB of its block into the page cache, with the file's
+/// bytes, and the next reads of the block are page cache hits. (Before, such a reader paid a
+/// ranged read of the bucket on every read of the file, however long it went on.)
+#[test]
+fn without_a_disk_cache_a_random_read_hands_the_kernel_its_block() {
+    let Some(mut c) = require_fuse().then(|| {
+        Cluster::s3(bin())
+            .mount_args(&["--cache-size", "8MiB", "--no-disk-cache"])
+            .start()
+    }) else {
+        return;
+    };
+    let f = cold_stamped_file(&mut c, 32 * MIB);
+    let (block, block_len) = (12 * MIB, 4 * MIB);
+    let want = (block_len / PAGE) as usize;
+    let at = block + 5 * FRAME;
+    let mut buf = vec![0u8; (2 * FRAME) as usize];
+    f.read_exact_at(&mut buf, at).expect("read");
+    for (i, page) in buf.chunks(PAGE as usize).enumerate() {
+        stamp_of(at / PAGE + i as u64, page, "the read");
+    }
+    let filled = wait_until(Duration::from_secs(10), || {
+        resident_pages(&f, block, block_len) == want
+    });
+    assert!(
+        filled,
+        "after one random 128 KiB read, {} of the {want} pages of its block are in the page cache",
+        resident_pages(&f, block, block_len)
+    );
+    let mut page = vec![0u8; PAGE as usize];
+    for p in (0..block_len / PAGE).step_by(37) {
+        let n = block / PAGE + p;
+        f.read_exact_at(&mut page, n * PAGE)
+            .expect("read a filled page");
+        assert_eq!(stamp_of(n, &page, "a page of the filled block"), 1);
+    }
+    // The neighbouring blocks were not read: nothing of them was handed over.
+    assert_eq!(resident_pages(&f, block - block_len, block_len), 0);
+    assert_eq!(resident_pages(&f, block + block_len, block_len), 0);
+    c.assert_no_panics();
+}
+
 /// Readers read pages at random, with fills, while a writer on the same mount opens the file,
 /// stamps one page, and closes it, 150 times. A read that starts after a stamp's close returned
 /// sees that stamp or a later one, never an older page that a fill put back. (A read and a write

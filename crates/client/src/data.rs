@@ -242,8 +242,8 @@ const FRAME: u64 = cairn_blocks::codec::FRAME_LEN as u64;
 /// sequential (see [`Client::read`]).
 const REORDER_SLACK: u64 = 512 << 10;
 
-/// Most whole-block reads into the disk cache in flight at once, mount-wide, for random reads
-/// (see [`Client::fill_disk_cache`] and [`Client::warm_file`]). Enough to keep the store busy:
+/// Most background whole-block reads for random reads in flight at once, mount-wide (see
+/// [`Client::fill_block`] and [`Client::warm_file`]). Enough to keep the store busy:
 /// each holds its block while it is written to the cache (a third of its time), and a 2 GiB
 /// file read at random was local after 5 s with 16, 6 s with 8 and 7 s with 4 (SeaweedFS on
 /// the same 2 cores; 32 were no faster). Each holds its block as stored and as decoded while in
@@ -314,7 +314,7 @@ pub struct Client {
     flusher_wake: Arc<Notify>,
     fetches: Semaphore,
     /// Background reads of whole blocks into the disk cache for random reads (see
-    /// [`Client::fill_disk_cache`]): at most [`DISK_FILLS`] at once, and the blocks they read.
+    /// [`Client::fill_block`]): at most [`DISK_FILLS`] at once, and the blocks they read.
     fills: Arc<Semaphore>,
     filling: StdMutex<std::collections::HashSet<(Ino, u64, u64)>>,
     /// Open files whose copy into the disk cache has begun (or is done) ([`Client::warm_file`]).
@@ -477,8 +477,9 @@ impl Client {
         let max_ra = cfg.readahead_bytes.div_ceil(u64::from(volume.block_size));
         // Files read at random are handed to the kernel block by block once local (the disk
         // cache copies them whole up to a quarter of its size; the memory cache keeps whole the
-        // files it holds), but not beyond an eighth of the host's memory.
-        let local_max = store.cache().map_or(cfg.cache_bytes, |c| {
+        // files it holds; without a disk cache, blocks are read whole for the kernel alone,
+        // [`Client::fill_block`]), but not beyond an eighth of the host's memory.
+        let local_max = store.cache().map_or(u64::MAX, |c| {
             (c.capacity() / WARM_SHARE).max(cfg.cache_bytes)
         });
         let block_fill_max = local_max.min(host_memory() / 8);
@@ -1699,7 +1700,7 @@ impl Client {
         let missing_from = frames.iter().position(Option::is_none);
         let missing_to = frames.iter().rposition(Option::is_none);
         if let (Some(lo), Some(hi)) = (missing_from, missing_to) {
-            self.fill_disk_cache(ino, r, file_size);
+            self.fill_block(ino, r, file_size);
             let (lo, hi) = (first + lo as u64, first + hi as u64);
             let block_len = u64::from(r.len);
             let span = lo * FRAME..((hi + 1) * FRAME).min(block_len);
@@ -1750,22 +1751,30 @@ impl Client {
         Ok((Bytes::from(out), first * FRAME))
     }
 
-    /// A random read missed the memory cache in block `r` of a file of `size` bytes: with a
-    /// disk cache that has no copy of the block, reads the whole block in the background (into
-    /// the disk cache, and into the memory cache as read-ahead does), so that the block's next
-    /// reads are local. The read that calls this does not wait for it. At most one read per
-    /// block, and at most [`DISK_FILLS`] at once: when all are busy the block is skipped, and its
-    /// next random read that misses memory tries again. A file small beside the disk cache is
-    /// also copied in whole ([`Client::warm_file`]).
-    fn fill_disk_cache(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64) {
-        let Some(cache) = self.store.cache() else {
-            return;
-        };
-        if size <= cache.capacity() / WARM_SHARE {
-            self.warm_file(ino);
-        }
-        if self.store.is_cached(&self.key(ino, r.index, r.version)) {
-            return;
+    /// A random read missed the memory cache in block `r` of a file of `size` bytes: reads the
+    /// whole block in the background (into the memory cache, as read-ahead does, and into the
+    /// disk cache if there is one), so that the block's next reads are local and the read's page
+    /// fill can hand the kernel the whole block ([`Client::block_fill`]). The read that calls
+    /// this does not wait for it. Without a disk cache, only for files the kernel may be handed
+    /// whole ([`Client::block_fill_max`]): there the kernel's page cache is the one place a file
+    /// larger than the memory cache is kept whole, and a 2 GiB file read at random 128 KiB at a
+    /// time stayed at 70-260 ranged reads a second for as long as it was read, where s3fs,
+    /// copying it into a file of its own, reached the speed of memory in 5 s. At most one read
+    /// per block, and at most [`DISK_FILLS`] at once: when all are busy the block is skipped, and
+    /// its next random read that misses memory tries again. A file small beside the disk cache
+    /// is also copied in whole ([`Client::warm_file`]).
+    fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64) {
+        match self.store.cache() {
+            Some(cache) => {
+                if size <= cache.capacity() / WARM_SHARE {
+                    self.warm_file(ino);
+                }
+                if self.store.is_cached(&self.key(ino, r.index, r.version)) {
+                    return;
+                }
+            }
+            None if size > self.block_fill_max => return,
+            None => {}
         }
         if let Ok(permit) = Arc::clone(&self.fills).try_acquire_owned() {
             self.spawn_fill(ino, r, permit, true);
@@ -1817,10 +1826,11 @@ impl Client {
 
     /// Block `r` at file offset `bstart`, to hand the kernel whole after a random read of
     /// `read` ([`PageFill::blocks`]), if it is local (in the memory cache whole, or in the disk
-    /// cache), the file is small enough ([`Client::block_fill_max`]), the read did not cover it,
-    /// and it was not handed over since the file's last open. The kernel's page cache then
-    /// answers every later read of the block: a random reader of a file that is local reaches
-    /// the speed of memory after one miss per block, not one per frame.
+    /// cache) or being read whole ([`Client::fill_block`]), the file is small enough
+    /// ([`Client::block_fill_max`]), the read did not cover it, and it was not handed over since
+    /// the file's last open. The kernel's page cache then answers every later read of the block:
+    /// a random reader of a file that is local reaches the speed of memory after one miss per
+    /// block, not one per frame.
     fn block_fill(
         &self,
         f: &FileState,
@@ -1844,7 +1854,8 @@ impl Client {
             return None;
         }
         let local = self.cache.contains_key(&(ino, r.index, r.version, WHOLE))
-            || self.store.is_cached(&self.key(ino, r.index, r.version));
+            || self.store.is_cached(&self.key(ino, r.index, r.version))
+            || self.is_filling(ino, r);
         if !local {
             return None;
         }
@@ -1852,19 +1863,50 @@ impl Client {
         Some(BlockFill { at: bstart, r, len })
     }
 
-    /// The bytes of block `r` for a fill, if it is still local: from the memory cache (not
-    /// counted as a use) or the disk cache; None if it is in neither (a fill does not fetch a
-    /// block; only a cached copy that fails its check is read again from the bucket, as any
-    /// read of it would be).
+    /// The bytes of block `r` for a fill: from the memory cache (not counted as a use), the
+    /// disk cache, or the background read of it under way ([`Client::fill_block`]), waited for.
+    /// None if it is in none of them (a fill does not fetch a block itself; only a cached copy
+    /// that fails its check is read again from the bucket, as any read of it would be); the
+    /// block is then no longer counted as handed over, so that a later random read of it offers
+    /// it again.
     pub async fn block_for_fill(&self, ino: Ino, r: BlockRef) -> Option<Bytes> {
-        if let Some(b) = self.cache.peek(&(ino, r.index, r.version, WHOLE)) {
+        let whole = (ino, r.index, r.version, WHOLE);
+        if let Some(b) = self.cache.peek(&whole) {
             return Some(b);
         }
         let key = self.key(ino, r.index, r.version);
-        if !self.store.is_cached(&key) {
-            return None;
+        if self.store.is_cached(&key) {
+            if let Ok(b) = self.store.get(&key).await {
+                return Some(b);
+            }
+        } else if self.is_filling(ino, r) {
+            // The read under way holds the memory cache's place for the block: this waits for
+            // it, and gets the place itself (dropped at once) if that read failed or is over.
+            if let Ok(b) = self.cache.get_value_or_guard_async(&whole).await {
+                return Some(b);
+            }
         }
-        self.store.get(&key).await.ok()
+        self.not_handed(ino, [r]);
+        None
+    }
+
+    /// Whether a background read of block `r` of `ino` is under way.
+    fn is_filling(&self, ino: Ino, r: BlockRef) -> bool {
+        self.filling
+            .lock()
+            .expect("filling lock")
+            .contains(&(ino, r.index, r.version))
+    }
+
+    /// `blocks` of `ino` were offered to the kernel but not stored (their bytes gone from the
+    /// caches, the offer dropped, or its ticket spoiled): a later random read offers them again.
+    pub fn not_handed(&self, ino: Ino, blocks: impl IntoIterator<Item = BlockRef>) {
+        if let Some(f) = self.file(ino) {
+            let mut handed = f.handed.lock().expect("handed blocks lock");
+            for r in blocks {
+                handed.remove(&(r.index, r.version));
+            }
+        }
     }
 
     /// Copy a file that is read at random into the disk cache whole, block by block from its

@@ -11,7 +11,7 @@
 
 use cairn_client::{Client, PageFill};
 use fuser::{INodeNo, Notifier};
-use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
 use std::sync::{Arc, OnceLock};
 use tokio::runtime::Handle;
 use tracing::debug;
@@ -30,6 +30,7 @@ const DELAY_VAR: &str = "CAIRN_PAGE_FILL_DELAY_MS";
 /// The sending end of the page fill thread; the thread ends when this is dropped.
 pub(crate) struct PageFiller {
     queue: SyncSender<PageFill>,
+    client: Arc<Client>,
     /// Set once the session exists (stores need its channel to the kernel).
     notifier: Arc<OnceLock<Notifier>>,
 }
@@ -41,6 +42,7 @@ impl PageFiller {
         let (queue, fills) = sync_channel::<PageFill>(QUEUE);
         let notifier = Arc::new(OnceLock::<Notifier>::new());
         let kernel = Arc::clone(&notifier);
+        let filler = Arc::clone(&client);
         let delay = std::env::var(DELAY_VAR)
             .ok()
             .and_then(|v| v.parse().ok())
@@ -69,6 +71,7 @@ impl PageFiller {
                         })
                         .collect();
                     let Some(_storing) = client.begin_page_fill(&fill) else {
+                        client.not_handed(fill.ino, fill.blocks.iter().map(|b| b.r));
                         continue;
                     };
                     if let Some(delay) = delay {
@@ -86,7 +89,11 @@ impl PageFiller {
                     }
                 }
             })?;
-        Ok(PageFiller { queue, notifier })
+        Ok(PageFiller {
+            queue,
+            client: filler,
+            notifier,
+        })
     }
 
     /// Give the thread the session's channel to the kernel.
@@ -94,8 +101,14 @@ impl PageFiller {
         let _ = self.notifier.set(notifier);
     }
 
-    /// Queue `fill`, or drop it if the thread is behind.
+    /// Queue `fill`, or drop it if the thread is behind (its whole blocks then count as not
+    /// handed over, for a later read to offer again).
     pub(crate) fn offer(&self, fill: PageFill) {
-        let _ = self.queue.try_send(fill);
+        if let Err(TrySendError::Full(fill) | TrySendError::Disconnected(fill)) =
+            self.queue.try_send(fill)
+        {
+            self.client
+                .not_handed(fill.ino, fill.blocks.iter().map(|b| b.r));
+        }
     }
 }
