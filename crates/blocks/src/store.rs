@@ -788,7 +788,7 @@ impl BlockStore {
         }
         let (raw, stored) = core.read_verified(&core.data, "get", &path).await?;
         if let Some(cache) = &self.inner.cache {
-            cache.insert(path.as_ref(), stored).await;
+            cache.insert_behind(path.as_ref(), stored).await;
         }
         Ok(raw)
     }
@@ -1485,6 +1485,7 @@ mod tests {
             calls + 1,
             "read from the store"
         );
+        store.cache().unwrap().settle().await;
         // The good copy from the store replaced the damaged one.
         assert_ne!(std::fs::read(&file).unwrap(), bytes);
         assert_eq!(store.get(&key(1)).await.unwrap(), raw(1));
@@ -1494,6 +1495,7 @@ mod tests {
         let other = over(&faults);
         other.put(&key(2), raw(2)).await.unwrap();
         assert_eq!(store.get(&key(2)).await.unwrap(), raw(2));
+        store.cache().unwrap().settle().await;
         let calls = faults.calls.load(Ordering::SeqCst);
         assert_eq!(store.get(&key(2)).await.unwrap(), raw(2));
         assert_eq!(faults.calls.load(Ordering::SeqCst), calls);
@@ -1994,6 +1996,7 @@ mod tests {
             "a large block written is not cached"
         );
         store.get(&key(1)).await.unwrap();
+        store.cache().unwrap().settle().await;
         assert!(store.is_cached(&key(1)), "a whole block read is");
         let calls = faults.calls.load(Ordering::SeqCst);
         assert_eq!(
@@ -2035,6 +2038,7 @@ mod tests {
             .entry_file(&key(2).object_path("vol"))
             .is_none());
         assert_eq!(store.get(&key(2)).await.unwrap(), raw);
+        store.cache().unwrap().settle().await;
         assert!(store
             .cache()
             .unwrap()
@@ -2056,6 +2060,7 @@ mod tests {
             let store = cached(&faults, lz4(), &cfg).unwrap();
             store.put(&key(1), raw.clone()).await.unwrap();
             store.get(&key(1)).await.unwrap();
+            store.cache().unwrap().settle().await;
             assert!(store.is_cached(&key(1)));
             assert!(!store.is_cached(&key(2)));
         }
@@ -2105,6 +2110,7 @@ mod tests {
             let store = cached(&faults, lz4(), &cfg).unwrap();
             store.put(&key(1), raw.clone()).await.unwrap();
             store.get(&key(1)).await.unwrap();
+            store.cache().unwrap().settle().await;
         }
         let store = cached(&faults, lz4(), &cfg).unwrap();
         let path = key(1).object_path("vol");

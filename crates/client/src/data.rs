@@ -1246,6 +1246,11 @@ impl Client {
     /// locks and opens are released now.
     pub async fn shutdown(&self) {
         self.flush_releases().await;
+        // Copies of blocks just read, still being written to the disk cache: a few ms each,
+        // and the next mount would otherwise read those blocks from the bucket again.
+        if let Some(cache) = self.store.cache() {
+            cache.settle().await;
+        }
         let (count, bytes) = self.store.writeback_pending();
         if count > 0 {
             tracing::info!(
