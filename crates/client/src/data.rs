@@ -43,7 +43,7 @@
 
 use crate::known_attrs::{EntryReply, KnownAttrs};
 use crate::listings::{Known, Listings};
-use crate::page_fill::{BlockFill, PageFill, PageFills};
+use crate::page_fill::{BlockFill, PageFill, PageFills, Ticket};
 use crate::rpc::{MetaClient, RpcConfig};
 use bytes::Bytes;
 use cairn_blocks::{BlockCodec, BlockKey, BlockStore, Compression, Part, StoreConfig};
@@ -343,6 +343,25 @@ pub struct Client {
     release_wake: Arc<tokio::sync::Notify>,
     /// What random reads may hand the kernel's page cache, and when ([`crate::page_fill`]).
     page_fills: Arc<PageFills>,
+    /// Where fills that no read carries go: blocks copied in the background for a random
+    /// reader ([`Client::warm`]), to the FUSE layer's page fill thread. Unset: none.
+    fill_sink: std::sync::OnceLock<FillSink>,
+}
+
+/// See [`Client::set_fill_sink`].
+type FillSink = Box<dyn Fn(PageFill) + Send + Sync>;
+
+/// Where a background read of a whole block puts it ([`Client::spawn_fill`]); the disk cache,
+/// if there is one, gets it in every case.
+#[derive(Clone, Copy)]
+enum FillTo {
+    /// The disk cache only, undecoded.
+    Disk,
+    /// The memory cache too, as read-ahead does.
+    Memory,
+    /// The kernel, whole, with the ticket taken when the block was read from the map of the
+    /// file, then of the size given ([`Client::offer_block`]).
+    Kernel(Ticket, u64),
 }
 
 /// Attributes of directories as this mount's last change in them left them. The kernel drops its
@@ -372,16 +391,52 @@ const RELEASE_BATCH_DELAY: Duration = Duration::from_millis(10);
 /// Most closes in one Release request.
 const RELEASE_BATCH_MAX: usize = 4096;
 
-/// The host's memory in bytes (`MemTotal`), or 8 GiB if it cannot be read.
+/// The memory this process may use, in bytes: the host's (`MemTotal`, or 8 GiB if it cannot be
+/// read), or less if the process's memory cgroup or one above it sets a lower limit (v2
+/// `memory.max`, v1 `memory.limit_in_bytes`), as a container's limit does (its page cache
+/// counts against it).
 fn host_memory() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
+    let total = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {
             m.lines()
                 .find_map(|l| l.strip_prefix("MemTotal:"))
                 .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
-        .map_or(8 << 30, |kib| kib << 10)
+        .map_or(8 << 30, |kib| kib << 10);
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let root = std::path::Path::new("/sys/fs/cgroup");
+    let limit = |l: &str| {
+        let (_, rest) = l.split_once(':')?;
+        let (controllers, path) = rest.split_once(':')?;
+        Some(if controllers.is_empty() {
+            cgroup_limit(root, path, "memory.max")
+        } else if controllers.split(',').any(|c| c == "memory") {
+            cgroup_limit(&root.join("memory"), path, "memory.limit_in_bytes")
+        } else {
+            u64::MAX
+        })
+    };
+    cgroup.lines().filter_map(limit).fold(total, u64::min)
+}
+
+/// The lowest limit in file `name` of cgroup `path` (as in /proc/self/cgroup) and its ancestors
+/// under `root`; `u64::MAX` if none sets one.
+fn cgroup_limit(root: &std::path::Path, path: &str, name: &str) -> u64 {
+    let mut dir = std::path::PathBuf::from(path.trim());
+    let mut lowest = u64::MAX;
+    loop {
+        let file = root.join(dir.strip_prefix("/").unwrap_or(&dir)).join(name);
+        if let Some(max) = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+        {
+            lowest = lowest.min(max);
+        }
+        if !dir.pop() {
+            return lowest;
+        }
+    }
 }
 
 /// How many inodes without `security.capability` a mount remembers (8 bytes each) before it
@@ -511,6 +566,7 @@ impl Client {
             releases: StdMutex::default(),
             release_wake: Arc::default(),
             page_fills: Arc::default(),
+            fill_sink: std::sync::OnceLock::new(),
         });
         tokio::spawn(Self::release_loop(Arc::downgrade(&client)));
         tokio::spawn(Self::flush_loop(Arc::downgrade(&client)));
@@ -1344,6 +1400,55 @@ impl Client {
         true
     }
 
+    /// Lets the client hand the kernel blocks it reads in the background (a random reader's
+    /// file copied whole, [`Client::warm_file`]), through the thread that stores the fills of
+    /// reads: `sink` queues a fill there.
+    pub fn set_fill_sink(&self, sink: impl Fn(PageFill) + Send + Sync + 'static) {
+        let _ = self.fill_sink.set(Box::new(sink));
+    }
+
+    /// Hand the kernel block `r` of `ino` whole, `data`, in a file of `size` bytes, with
+    /// `ticket`, taken when `r` was read from the file's map; nothing if it was handed over
+    /// already or no sink is set. `hold` goes with the bytes until they are stored.
+    fn offer_block(
+        &self,
+        ino: Ino,
+        r: BlockRef,
+        (ticket, size): (Ticket, u64),
+        data: Bytes,
+        hold: tokio::sync::OwnedSemaphorePermit,
+    ) {
+        let Some(sink) = self.fill_sink.get() else {
+            return;
+        };
+        let Some(f) = self.file(ino) else {
+            return;
+        };
+        let at = r.index * self.bs;
+        let len = u64::from(r.len).min(size.saturating_sub(at));
+        if len == 0
+            || !f
+                .handed
+                .lock()
+                .expect("handed blocks lock")
+                .insert((r.index, r.version))
+        {
+            return;
+        }
+        sink(PageFill {
+            ino,
+            parts: Vec::new(),
+            blocks: vec![BlockFill {
+                at,
+                r,
+                len,
+                data: Some(data),
+            }],
+            ticket,
+            hold: Some(hold),
+        });
+    }
+
     /// Start handing `fill` to the kernel, if its bytes are still current; the store must be
     /// done before the guard is dropped ([`crate::page_fill`]).
     pub fn begin_page_fill(&self, fill: &PageFill) -> Option<crate::page_fill::StoreGuard> {
@@ -1767,7 +1872,8 @@ impl Client {
     /// copying it into a file of its own, reached the speed of memory in 5 s. At most one read
     /// per block, and at most [`DISK_FILLS`] at once: when all are busy the block is skipped, and
     /// its next random read that misses memory tries again. A file small beside the disk cache
-    /// is also copied in whole ([`Client::warm_file`]).
+    /// (or, without one, that the kernel may hold whole) is also copied in whole
+    /// ([`Client::warm_file`]).
     fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64) {
         match self.store.cache() {
             Some(cache) => {
@@ -1779,21 +1885,25 @@ impl Client {
                 }
             }
             None if size > self.block_fill_max => return,
-            None => {}
+            None => {
+                if self.fill_sink.get().is_some() {
+                    self.warm_file(ino);
+                }
+            }
         }
         if let Ok(permit) = Arc::clone(&self.fills).try_acquire_owned() {
-            self.spawn_fill(ino, r, permit, true);
+            self.spawn_fill(ino, r, permit, FillTo::Memory);
         }
     }
 
-    /// Read block `r` into the disk cache in the background (and, with `keep`, into the memory
-    /// cache), holding `permit` until done; nothing if the block is being read already.
+    /// Read block `r` in the background, into the caches and maybe the kernel as `to` says,
+    /// holding `permit` until done; nothing if the block is being read already.
     fn spawn_fill(
         self: &Arc<Self>,
         ino: Ino,
         r: BlockRef,
         permit: tokio::sync::OwnedSemaphorePermit,
-        keep: bool,
+        to: FillTo,
     ) {
         let block = (ino, r.index, r.version);
         if !self.filling.lock().expect("filling lock").insert(block) {
@@ -1803,29 +1913,35 @@ impl Client {
         tokio::spawn(async move {
             let key = me.key(ino, r.index, r.version);
             let whole = (ino, r.index, r.version, WHOLE);
-            let result = if !keep {
-                me.store.fetch_into_cache(&key).await
-            } else {
-                match me.cache.get_value_or_guard_async(&whole).await {
-                    Ok(_) => Ok(()),
+            let result = match to {
+                FillTo::Disk => me.store.fetch_into_cache(&key).await.map(|()| None),
+                FillTo::Memory => match me.cache.get_value_or_guard_async(&whole).await {
+                    Ok(_) => Ok(None),
                     Err(guard) => me.store.get(&key).await.map(|data| {
                         let _ = guard.insert(data);
                         for i in 0..u64::from(r.len).div_ceil(FRAME) {
                             me.cache.remove(&(ino, r.index, r.version, i as u32));
                         }
+                        None
                     }),
-                }
+                },
+                // Not through the memory cache: the bytes go with the fill (and the permit with
+                // them), and churn no block of other files out of memory.
+                FillTo::Kernel(..) => me.store.get(&key).await.map(Some),
             };
-            // The reads that need the block report errors; this one only warms caches.
-            if let Err(e) = result {
-                debug!(
+            me.filling.lock().expect("filling lock").remove(&block);
+            match (result, to) {
+                (Ok(Some(data)), FillTo::Kernel(ticket, size)) => {
+                    me.offer_block(ino, r, (ticket, size), data, permit);
+                }
+                (Ok(_), _) => {}
+                // The reads that need the block report errors; this one only warms caches.
+                (Err(e), _) => debug!(
                     ino,
                     index = r.index,
-                    "background read of a block for the disk cache failed: {e}"
-                );
+                    "background read of a block failed: {e}"
+                ),
             }
-            me.filling.lock().expect("filling lock").remove(&block);
-            drop(permit);
         });
     }
 
@@ -1865,7 +1981,12 @@ impl Client {
             return None;
         }
         handed.insert((r.index, r.version));
-        Some(BlockFill { at: bstart, r, len })
+        Some(BlockFill {
+            at: bstart,
+            r,
+            len,
+            data: None,
+        })
     }
 
     /// The bytes of block `r` for a fill: from the memory cache (not counted as a use), the
@@ -1914,13 +2035,16 @@ impl Client {
         }
     }
 
-    /// Copy a file that is read at random into the disk cache whole, block by block from its
-    /// start, [`DISK_FILLS`] blocks at a time (shared with the fills of single blocks), while
-    /// it stays open; once per open (the last close forgets it). Random reads of a file that
-    /// fits in the cache touch every block soon, and one block read per random read paces the
-    /// copy by the reads, which wait on the bucket meanwhile: a 2 GiB file read at random 128
-    /// KiB at a time was local after about 8 s that way, against 4.5 s copied whole. Blocks go
-    /// to the disk cache only: the memory cache keeps what is read.
+    /// Copy a file that is read at random whole, block by block from its start, [`DISK_FILLS`]
+    /// blocks at a time (shared with the fills of single blocks), while it stays open; once per
+    /// open (the last close forgets it). Random reads of a file that fits in the cache touch
+    /// every block soon, and one block read per random read paces the copy by the reads, which
+    /// wait on the bucket meanwhile: a 2 GiB file read at random 128 KiB at a time was local
+    /// after about 8 s that way, against 4.5 s copied whole. Blocks go to the disk cache, and,
+    /// in a file the kernel may hold whole ([`Client::block_fill_max`]), to the kernel
+    /// ([`Client::offer_block`]): the random reader then reaches the speed
+    /// of memory as the copy ends (before, it took a miss per block after it, and a second or
+    /// two more). Without a disk cache, only such files are copied, and to the kernel only.
     fn warm_file(self: &Arc<Self>, ino: Ino) {
         if !self.warming.lock().expect("warming lock").insert(ino) {
             return;
@@ -1945,7 +2069,7 @@ impl Client {
             let Some(f) = self.file(ino) else {
                 return Ok(());
             };
-            let refs: Vec<BlockRef> = {
+            let (refs, to): (Vec<BlockRef>, FillTo) = {
                 let mut inner = f.inner.lock().await;
                 let blocks = inner.size.div_ceil(self.bs);
                 if next >= blocks {
@@ -1960,11 +2084,23 @@ impl Client {
                     .filter_map(|i| inner.map.get(&i).copied())
                     .collect();
                 next = to;
-                refs
+                // A file the kernel may hold whole gets each block as it is copied, with a
+                // ticket taken with the refs; the reader then reaches the speed of memory as the
+                // copy ends, without a miss per block first.
+                let ticket = (inner.size <= self.block_fill_max && self.fill_sink.get().is_some())
+                    .then(|| self.page_fills.ticket(ino))
+                    .flatten();
+                let fill_to = ticket.map_or(FillTo::Disk, |t| FillTo::Kernel(t, inner.size));
+                (refs, fill_to)
             };
-            drop(f);
             for r in refs {
-                if self.store.is_cached(&self.key(ino, r.index, r.version)) {
+                let handed = || {
+                    f.handed
+                        .lock()
+                        .expect("handed blocks lock")
+                        .contains(&(r.index, r.version))
+                };
+                if self.store.is_cached(&self.key(ino, r.index, r.version)) || handed() {
                     continue;
                 }
                 let permit = Arc::clone(&self.fills)
@@ -1974,7 +2110,7 @@ impl Client {
                 if self.file(ino).is_none() {
                     return Ok(());
                 }
-                self.spawn_fill(ino, r, permit, false);
+                self.spawn_fill(ino, r, permit, to);
             }
         }
     }
@@ -2148,6 +2284,7 @@ impl Client {
                 parts,
                 blocks: whole,
                 ticket,
+                hold: None,
             })
         });
         // The part of each block's bytes in the range, with its place in the answer; bytes a
@@ -2498,6 +2635,21 @@ mod tests {
 
     /// A sequential reader with read-ahead, through a cache of `cache_blocks` blocks: how many
     /// of the blocks it prefetched were gone when its reads arrived.
+    #[test]
+    fn a_cgroup_limit_anywhere_above_counts() {
+        let root = tempfile::tempdir().unwrap();
+        let leaf = root.path().join("kubepods/pod1/c1");
+        std::fs::create_dir_all(&leaf).unwrap();
+        std::fs::write(root.path().join("kubepods/memory.max"), "8589934592\n").unwrap();
+        std::fs::write(root.path().join("kubepods/pod1/memory.max"), "2147483648\n").unwrap();
+        std::fs::write(leaf.join("memory.max"), "max\n").unwrap();
+        let limit = |path| cgroup_limit(root.path(), path, "memory.max");
+        assert_eq!(limit("/kubepods/pod1/c1"), 2 << 30);
+        assert_eq!(limit("/kubepods"), 8 << 30);
+        assert_eq!(limit("/elsewhere"), u64::MAX);
+        assert_eq!(limit("/"), u64::MAX);
+    }
+
     fn prefetched_blocks_lost(cache_blocks: u64, window: u64, blocks: u64) -> u64 {
         const BS: u32 = 1 << 20;
         let cache = block_cache(cache_blocks * u64::from(BS), BS);

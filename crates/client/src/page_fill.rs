@@ -46,16 +46,20 @@ pub struct PageFill {
     /// (offset in the file, bytes) to store.
     pub parts: Vec<(u64, bytes::Bytes)>,
     /// Whole blocks to store too, whose bytes the filler reads from the mount's caches
-    /// ([`crate::Client::block_for_fill`]): a block ref names bytes that never change, so they
-    /// are as current as the ticket whenever they are read.
+    /// ([`crate::Client::block_for_fill`]) unless they come with them: a block ref names bytes
+    /// that never change, so they are as current as the ticket whenever they are read.
     pub blocks: Vec<BlockFill>,
     /// Taken with the bytes; checked by [`PageFills::begin`].
     pub ticket: Ticket,
+    /// Held until the fill is stored or dropped: bounds the bytes that fills carry (only ever
+    /// dropped, never read).
+    #[allow(dead_code)]
+    pub(crate) hold: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A whole block of a file to hand the kernel: its committed version `r`, at file offset `at`,
 /// the first `len` bytes (the file's size may end inside it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct BlockFill {
     /// Offset of the block in the file.
     pub at: u64,
@@ -63,6 +67,9 @@ pub struct BlockFill {
     pub r: cairn_proto::BlockRef,
     /// Bytes of it within the file.
     pub len: u64,
+    /// The block's bytes, when the one who offers it has them (a background read of it); else
+    /// the filler reads them from the caches.
+    pub data: Option<bytes::Bytes>,
 }
 
 #[derive(Default)]
@@ -219,6 +226,7 @@ mod tests {
             blocks: Vec::new(),
             parts: Vec::new(),
             ticket,
+            hold: None,
         }
     }
 

@@ -184,6 +184,15 @@ impl CairnFuse {
                 }
             })
             .flatten();
+        if let Some(filler) = &filler {
+            // Weak: the filler holds the client, and must not be kept alive by it.
+            let filler = Arc::downgrade(filler);
+            client.set_fill_sink(move |fill| {
+                if let Some(filler) = filler.upgrade() {
+                    filler.offer(fill);
+                }
+            });
+        }
         CairnFuse {
             client,
             rt,

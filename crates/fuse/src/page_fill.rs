@@ -64,9 +64,12 @@ impl PageFiller {
                         .blocks
                         .iter()
                         .filter_map(|b| {
-                            let data = cairn_client::on_waiting_thread(|| {
-                                rt.block_on(client.block_for_fill(fill.ino, b.r))
-                            })?;
+                            let data = match &b.data {
+                                Some(data) => data.clone(),
+                                None => cairn_client::on_waiting_thread(|| {
+                                    rt.block_on(client.block_for_fill(fill.ino, b.r))
+                                })?,
+                            };
                             Some((b.at, data.slice(..(b.len as usize).min(data.len()))))
                         })
                         .collect();
