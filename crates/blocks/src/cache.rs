@@ -660,9 +660,13 @@ impl DiskCache {
     /// Keeps a copy of an object just read from the bucket, whose bytes the reader has in
     /// memory (and the kernel soon in its page cache): written with `O_DIRECT` where the
     /// filesystem takes it ([`DiskCache::write_file`]), and by a task of its own, so that the
-    /// read does not wait for the disk (at most [`BEHIND`] such copies at once; beyond that, the
-    /// caller writes its copy itself). Best effort, as [`DiskCache::insert`].
-    pub async fn insert_behind(&self, path: &str, stored: Bytes) {
+    /// read never waits for the disk: at most [`BEHIND`] such copies at once, and none when
+    /// they are all under way. Best effort, as [`DiskCache::insert`]. Four readers of 512 MiB
+    /// each, cold, on SeaweedFS on the same disk (two rounds): 340-347 MB/s when each read
+    /// waited for a copy through the page cache (as before), 418-420 with those copies behind
+    /// the read, 442-466 direct but waited for when all [`BEHIND`] were busy, 475-484 direct and
+    /// skipped then (about 7% of the blocks not copied), JuiceFS 446-493.
+    pub fn insert_behind(&self, path: &str, stored: Bytes) {
         match Arc::clone(&self.shared.behind).try_acquire_owned() {
             Ok(permit) => {
                 let (this, path) = (self.clone(), path.to_string());
@@ -671,9 +675,9 @@ impl DiskCache {
                     drop(permit);
                 });
             }
-            Err(_) => {
-                self.copy(path, stored, true).await;
-            }
+            // The disk is behind: no copy. The read goes on at the bucket's speed, and the
+            // block is copied the next time it is read.
+            Err(_) => tracing::trace!(path, "disk cache busy; block not copied"),
         }
     }
 

@@ -788,7 +788,7 @@ impl BlockStore {
         }
         let (raw, stored) = core.read_verified(&core.data, "get", &path).await?;
         if let Some(cache) = &self.inner.cache {
-            cache.insert_behind(path.as_ref(), stored).await;
+            cache.insert_behind(path.as_ref(), stored);
         }
         Ok(raw)
     }

@@ -276,8 +276,8 @@ pub struct CacheArgs {
     )]
     pub cache_dir: Option<PathBuf>,
     /// No disk cache: every read that misses the memory cache goes to the object store. A
-    /// random read of a file of up to an eighth of the host's memory also reads its block whole
-    /// in the background, for the kernel's page cache.
+    /// random read of a file of up to an eighth of the host's memory has the whole file read in
+    /// the background, for the kernel's page cache.
     #[arg(long, help_heading = CACHE_HEADING)]
     pub no_disk_cache: bool,
     /// Most bytes the disk cache holds [default: 10GiB]. It also leaves 10% of its filesystem
