@@ -24,11 +24,9 @@
 //! upload a staged entry is renamed into `clean/` (not fsynced either: if the rename is lost, the
 //! entry is uploaded again after the next open, which the store answers "already exists").
 //!
-//! A copy of a block just read from the bucket is written behind the read, with `O_DIRECT` where
-//! the filesystem takes it, from page-aligned buffers kept for reuse
-//! ([`DiskCache::insert_behind`], [`DiskCache::write_file`]): the kernel already keeps the pages
-//! of the mounted files that readers read, and a second copy of each block in the page cache cost
-//! a cold sequential read more CPU than all the rest of the mount's work.
+//! A copy of a block just read from the bucket is written behind the read, by a task of its own
+//! ([`DiskCache::insert_behind`]): the read never waits for the disk, and when the disk falls
+//! behind, a copy is skipped rather than waited for.
 //!
 //! Space: an in-memory index, rebuilt at open by listing the folder, counts bytes (clean entries
 //! in least-recently-used order, by file mtime at open). Before an entry is written, clean entries
@@ -48,9 +46,8 @@ use std::io::{self, Read, Seek, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
@@ -68,15 +65,9 @@ const STAGED: &str = "staged";
 const TMP: &str = "tmp";
 /// Upper bound of [`free_space_margin`].
 const MAX_FREE_MARGIN: u64 = 1 << 30;
-/// Alignment of the buffer, offset and length of a direct write: the page size, a multiple of
-/// every disk's logical block size.
-const DIRECT_ALIGN: usize = 4096;
 /// Most copies written behind reads at once ([`DiskCache::insert_behind`]); each holds its
 /// entry's bytes until written.
 const BEHIND: usize = 8;
-/// Buffers of direct writes kept for reuse (each as large as the largest entry written): a
-/// fresh buffer costs a page fault per page on its first use.
-const DIRECT_BUFFERS: usize = 8;
 
 /// Settings of the disk cache of a [`crate::BlockStore`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -144,13 +135,7 @@ struct Shared {
     /// The flock; None once released.
     lock: Mutex<Option<File>>,
     tmp_counter: AtomicU64,
-    /// Whether entries are written with `O_DIRECT` ([`DiskCache::write_file`]); cleared for
-    /// good when the folder's filesystem refuses it.
-    direct: AtomicBool,
-    /// Page-aligned buffers of direct writes, kept for the next ones (at most
-    /// [`DIRECT_BUFFERS`]).
-    direct_buffers: Mutex<Vec<Vec<u8>>>,
-    /// Copies written behind the reads that fetched them ([`DiskCache::insert_behind`]).
+    /// Copies written behind reads ([`DiskCache::insert_behind`]).
     behind: Arc<tokio::sync::Semaphore>,
     /// Filesystem space as tests want it seen.
     #[cfg(test)]
@@ -503,8 +488,6 @@ impl DiskCache {
                 staged_done: Notify::new(),
                 lock: Mutex::new(Some(lock)),
                 tmp_counter: AtomicU64::new(0),
-                direct: AtomicBool::new(true),
-                direct_buffers: Mutex::default(),
                 behind: Arc::new(tokio::sync::Semaphore::new(BEHIND)),
                 #[cfg(test)]
                 fake_space: Mutex::new(None),
@@ -650,38 +633,9 @@ impl DiskCache {
         }
     }
 
-    /// Keeps a copy of an object that is in the bucket, through the page cache, for a copy
-    /// that is read back soon. Best effort: false if it was not cached (no room, an I/O error,
-    /// or already cached).
+    /// Keeps a copy of an object that is in the bucket. Best effort: false if it was not cached
+    /// (no room, an I/O error, or already cached).
     pub async fn insert(&self, path: &str, stored: Bytes) -> bool {
-        self.copy(path, stored, false).await
-    }
-
-    /// Keeps a copy of an object just read from the bucket, whose bytes the reader has in
-    /// memory (and the kernel soon in its page cache): written with `O_DIRECT` where the
-    /// filesystem takes it ([`DiskCache::write_file`]), and by a task of its own, so that the
-    /// read never waits for the disk: at most [`BEHIND`] such copies at once, and none when
-    /// they are all under way. Best effort, as [`DiskCache::insert`]. Four readers of 512 MiB
-    /// each, cold, on SeaweedFS on the same disk (two rounds): 340-347 MB/s when each read
-    /// waited for a copy through the page cache (as before), 418-420 with those copies behind
-    /// the read, 442-466 direct but waited for when all [`BEHIND`] were busy, 475-484 direct and
-    /// skipped then (about 7% of the blocks not copied), JuiceFS 446-493.
-    pub fn insert_behind(&self, path: &str, stored: Bytes) {
-        match Arc::clone(&self.shared.behind).try_acquire_owned() {
-            Ok(permit) => {
-                let (this, path) = (self.clone(), path.to_string());
-                tokio::spawn(async move {
-                    this.copy(&path, stored, true).await;
-                    drop(permit);
-                });
-            }
-            // The disk is behind: no copy. The read goes on at the bucket's speed, and the
-            // block is copied the next time it is read.
-            Err(_) => tracing::trace!(path, "disk cache busy; block not copied"),
-        }
-    }
-
-    async fn copy(&self, path: &str, stored: Bytes, direct: bool) -> bool {
         {
             let ix = self.index();
             if ix.closed || ix.entries.contains_key(path) {
@@ -689,12 +643,31 @@ impl DiskCache {
             }
         }
         let (this, path) = (self.clone(), path.to_string());
-        match blocking(move || this.write_entry(&path, &stored, State::Clean, direct)).await {
+        match blocking(move || this.write_entry(&path, &stored, State::Clean)).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::debug!(error = %e, "block not cached on disk");
                 false
             }
+        }
+    }
+
+    /// Keeps a copy of an object just read from the bucket, written by a task of its own, so
+    /// that the read never waits for the disk: at most [`BEHIND`] such copies at once, and none
+    /// when they are all under way (the block is copied the next time it is read). Best effort,
+    /// as [`DiskCache::insert`]. Four cold readers of 512 MiB each, SeaweedFS on the same disk
+    /// and two cores: 340-347 MB/s with each block's read waiting for its copy, 418-420 with the
+    /// copies behind the reads.
+    pub fn insert_behind(&self, path: &str, stored: Bytes) {
+        match Arc::clone(&self.shared.behind).try_acquire_owned() {
+            Ok(permit) => {
+                let (this, path) = (self.clone(), path.to_string());
+                tokio::spawn(async move {
+                    this.insert(&path, stored).await;
+                    drop(permit);
+                });
+            }
+            Err(_) => tracing::trace!(path, "disk cache busy; block not copied"),
         }
     }
 
@@ -713,7 +686,7 @@ impl DiskCache {
     /// then uploads directly.
     pub async fn stage(&self, path: &str, stored: Bytes) -> io::Result<()> {
         let (this, path) = (self.clone(), path.to_string());
-        blocking(move || this.write_entry(&path, &stored, State::Staged, false)).await
+        blocking(move || this.write_entry(&path, &stored, State::Staged)).await
     }
 
     /// After the upload of a staged entry: it becomes a clean entry. False if it was removed in
@@ -895,97 +868,21 @@ impl DiskCache {
     }
 
     /// Writes an entry (module doc) and indexes it. Blocking.
-    /// Writes `stored` into a new file `tmp`, durably if `sync`. With `direct`, with
-    /// `O_DIRECT` where the filesystem takes it: the bytes go from a reused buffer to the disk,
-    /// without passing through the page cache. Through the page cache, a cold sequential read of
-    /// 2 GiB spent about 3 s more of the mount's CPU than without a disk cache (the kernel's
-    /// copy into new page cache pages was a fifth of all the host's CPU samples) and read 30-40%
-    /// slower, while those pages only duplicated the ones the kernel keeps of the mounted file
-    /// itself. A copy read back soon (a random reader's block, handed to the kernel from it) is
-    /// better left in the page cache: read back from the disk, a 2 GiB file copied for a random
-    /// reader took 5 s more to reach the speed of memory.
-    fn write_file(&self, tmp: &Path, stored: &[u8], sync: bool, direct: bool) -> io::Result<()> {
-        if direct && self.shared.direct.load(Ordering::Relaxed) {
-            match self.write_direct(tmp, stored) {
-                Ok(f) => return if sync { f.sync_all() } else { Ok(()) },
-                // EINVAL: this filesystem (or its alignment) refuses direct I/O.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                    tracing::debug!(
-                        dir = %self.shared.dir.display(), error = %e,
-                        "direct writes refused; the disk cache writes through the page cache"
-                    );
-                    self.shared.direct.store(false, Ordering::Relaxed);
-                    let _ = fs::remove_file(tmp);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-        let mut f = File::create(tmp)?;
-        f.write_all(stored)?;
-        if sync {
-            f.sync_all()?;
-        }
-        Ok(())
-    }
-
-    /// [`DiskCache::write_file`] with `O_DIRECT`: `stored` copied into a page-aligned buffer,
-    /// written padded to a whole page, and the file cut back to its length.
-    fn write_direct(&self, tmp: &Path, stored: &[u8]) -> io::Result<File> {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(tmp)?;
-        let padded = stored.len().next_multiple_of(DIRECT_ALIGN);
-        let mut buf = self.direct_buffer(padded);
-        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
-        let page = &mut buf[at..at + padded];
-        page[..stored.len()].copy_from_slice(stored);
-        page[stored.len()..].fill(0);
-        let written = f.write_all(page);
-        self.return_direct_buffer(buf);
-        written?;
-        if padded != stored.len() {
-            f.set_len(stored.len() as u64)?;
-        }
-        Ok(f)
-    }
-
-    /// A buffer that holds `len` bytes from its first page-aligned byte on.
-    fn direct_buffer(&self, len: usize) -> Vec<u8> {
-        let mut kept = self
-            .shared
-            .direct_buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        let fits = |b: &Vec<u8>| b.len() - b.as_ptr().align_offset(DIRECT_ALIGN) >= len;
-        match kept.iter().position(fits) {
-            Some(i) => kept.swap_remove(i),
-            None => vec![0u8; len + DIRECT_ALIGN],
-        }
-    }
-
-    fn return_direct_buffer(&self, buf: Vec<u8>) {
-        let mut kept = self
-            .shared
-            .direct_buffers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if kept.len() < DIRECT_BUFFERS {
-            kept.push(buf);
-        }
-    }
-
-    fn write_entry(&self, path: &str, stored: &[u8], state: State, direct: bool) -> io::Result<()> {
+    fn write_entry(&self, path: &str, stored: &[u8], state: State) -> io::Result<()> {
         let len = stored.len() as u64;
         self.make_room(len, state)?;
         let dest = self.file(state, path);
         let n = self.shared.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.shared.dir.join(TMP).join(n.to_string());
-        let mut written = self
-            .write_file(&tmp, stored, state == State::Staged, direct)
-            .and_then(|()| fs::rename(&tmp, &dest));
+        let write = || -> io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(stored)?;
+            if state == State::Staged {
+                f.sync_all()?;
+            }
+            Ok(())
+        };
+        let mut written = write().and_then(|()| fs::rename(&tmp, &dest));
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         } else if state == State::Staged {
@@ -1070,52 +967,6 @@ mod tests {
         assert_eq!(free_space_margin(1 << 30), (1 << 30) / 10);
         assert_eq!(free_space_margin(5 << 30), 1 << 29);
         assert_eq!(free_space_margin(100 << 30), 1 << 30);
-    }
-
-    /// Entries of every length round-trip byte for byte, written directly (padded to a page,
-    /// then cut back) and through the page cache alike, clean and staged; the buffers kept for
-    /// direct writes stay within their bound.
-    #[tokio::test]
-    async fn entries_of_any_length_round_trip_direct_or_not() {
-        let dir = tempfile::tempdir().unwrap();
-        let cache = DiskCache::open(dir.path(), 1 << 30).unwrap();
-        let lens = [0, 1, 511, 4095, 4096, 4097, 65_536 + 7, (4 << 20) + 123];
-        for direct in [true, false] {
-            for (i, len) in lens.into_iter().enumerate() {
-                let data: Vec<u8> = (0..len).map(|j| (j * 7 + i) as u8).collect();
-                let (clean, staged) = (format!("c{direct}{i}"), format!("s{direct}{i}"));
-                assert!(cache.copy(&clean, Bytes::from(data.clone()), direct).await);
-                cache
-                    .stage(&staged, Bytes::from(data.clone()))
-                    .await
-                    .unwrap();
-                for (p, is_staged) in [(&clean, false), (&staged, true)] {
-                    let (got, was_staged) = cache.get(p).await.expect("the entry is there");
-                    assert_eq!((got.len(), was_staged), (len, is_staged), "{p}");
-                    assert!(got == data, "{p}: other bytes came back");
-                    let on_disk = cache.file(
-                        if is_staged {
-                            State::Staged
-                        } else {
-                            State::Clean
-                        },
-                        p,
-                    );
-                    assert_eq!(fs::metadata(on_disk).unwrap().len(), len as u64, "{p}");
-                }
-            }
-        }
-        assert!(cache.shared.direct_buffers.lock().unwrap().len() <= DIRECT_BUFFERS);
-        // The same with direct writes refused by the filesystem: through the page cache.
-        cache.shared.direct.store(false, Ordering::Relaxed);
-        let data = Bytes::from(vec![7u8; 5000]);
-        assert!(cache.copy("refused", data.clone(), true).await);
-        assert!(cache.get("refused").await.unwrap().0 == data);
-        assert_eq!(
-            fs::read_dir(dir.path().join(TMP)).unwrap().count(),
-            0,
-            "no file left in tmp/"
-        );
     }
 
     #[tokio::test]

@@ -776,6 +776,17 @@ impl BlockStore {
     /// used if it passes the same checks (one that fails is dropped, with a warning, and the
     /// block read from the store), and a block read from the store is cached.
     pub async fn get(&self, key: &BlockKey) -> Result<Bytes, BlockError> {
+        self.get_copied(key, true).await
+    }
+
+    /// As [`BlockStore::get`], but a block read from the store is copied into the disk cache
+    /// before this returns, never skipped ([`DiskCache::insert`]): for background reads that
+    /// are there to leave the block in the cache.
+    pub async fn get_and_keep(&self, key: &BlockKey) -> Result<Bytes, BlockError> {
+        self.get_copied(key, false).await
+    }
+
+    async fn get_copied(&self, key: &BlockKey, behind: bool) -> Result<Bytes, BlockError> {
         let core = &self.inner.core;
         let path = core.path(key);
         if let Some(cache) = &self.inner.cache {
@@ -787,8 +798,12 @@ impl BlockStore {
             }
         }
         let (raw, stored) = core.read_verified(&core.data, "get", &path).await?;
-        if let Some(cache) = &self.inner.cache {
-            cache.insert_behind(path.as_ref(), stored);
+        match &self.inner.cache {
+            Some(cache) if behind => cache.insert_behind(path.as_ref(), stored),
+            Some(cache) => {
+                cache.insert(path.as_ref(), stored).await;
+            }
+            None => {}
         }
         Ok(raw)
     }
@@ -1055,6 +1070,8 @@ impl BlockStore {
         let path = core.path(key);
         self.inner.layouts.remove(path.as_ref());
         if let Some(cache) = &self.inner.cache {
+            // A copy written behind an earlier read must not land after the removal.
+            cache.settle().await;
             cache.remove(path.as_ref()).await;
         }
         if let Some(uploader) = &self.inner.uploader {

@@ -1426,15 +1426,16 @@ impl Client {
         };
         let at = r.index * self.bs;
         let len = u64::from(r.len).min(size.saturating_sub(at));
-        if len == 0
-            || !f
-                .handed
-                .lock()
-                .expect("handed blocks lock")
-                .insert((r.index, r.version))
-        {
+        if len == 0 {
             return;
         }
+        // Offered even if a read offered it already: that offer may yet fail (its bytes gone
+        // from the caches), and nothing would offer the block again; a second store of the same
+        // bytes costs a copy.
+        f.handed
+            .lock()
+            .expect("handed blocks lock")
+            .insert((r.index, r.version));
         sink(PageFill {
             ino,
             parts: Vec::new(),
@@ -1861,19 +1862,19 @@ impl Client {
         Ok((Bytes::from(out), first * FRAME))
     }
 
-    /// A random read missed the memory cache in block `r` of a file of `size` bytes: reads the
-    /// whole block in the background (into the memory cache, as read-ahead does, and into the
-    /// disk cache if there is one), so that the block's next reads are local and the read's page
-    /// fill can hand the kernel the whole block ([`Client::block_fill`]). The read that calls
-    /// this does not wait for it. Without a disk cache, only for files the kernel may be handed
-    /// whole ([`Client::block_fill_max`]): there the kernel's page cache is the one place a file
-    /// larger than the memory cache is kept whole, and a 2 GiB file read at random 128 KiB at a
-    /// time stayed at 70-260 ranged reads a second for as long as it was read, where s3fs,
-    /// copying it into a file of its own, reached the speed of memory in 5 s. At most one read
-    /// per block, and at most [`DISK_FILLS`] at once: when all are busy the block is skipped, and
-    /// its next random read that misses memory tries again. A file small beside the disk cache
-    /// (or, without one, that the kernel may hold whole) is also copied in whole
-    /// ([`Client::warm_file`]).
+    /// A random read missed the memory cache in block `r` of a file of `size` bytes: with a
+    /// disk cache, reads the whole block in the background (into the memory cache, as
+    /// read-ahead does, and into the disk cache), so that the block's next reads are local and
+    /// the read's page fill can hand the kernel the whole block ([`Client::block_fill`]); the
+    /// read that calls this does not wait for it. At most one read per block, and at most
+    /// [`DISK_FILLS`] at once: when all are busy the block is skipped, and its next random read
+    /// that misses memory tries again. A file small beside the disk cache is also copied in
+    /// whole ([`Client::warm_file`]). Without a disk cache, a file the kernel may be handed whole
+    /// ([`Client::block_fill_max`]) is copied in whole, to the kernel: there the kernel's page
+    /// cache is the one place a file larger than the memory cache is kept whole, and a 2 GiB
+    /// file read at random 128 KiB at a time stayed at 70-260 ranged reads a second for as long
+    /// as it was read, where s3fs, copying it into a file of its own, reached the speed of
+    /// memory in 5 s.
     fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64) {
         match self.store.cache() {
             Some(cache) => {
@@ -1884,11 +1885,11 @@ impl Client {
                     return;
                 }
             }
-            None if size > self.block_fill_max => return,
             None => {
-                if self.fill_sink.get().is_some() {
+                if size <= self.block_fill_max && self.fill_sink.get().is_some() {
                     self.warm_file(ino);
                 }
+                return;
             }
         }
         if let Ok(permit) = Arc::clone(&self.fills).try_acquire_owned() {
@@ -1927,7 +1928,7 @@ impl Client {
                 },
                 // Not through the memory cache: the bytes go with the fill (and the permit with
                 // them), and churn no block of other files out of memory.
-                FillTo::Kernel(..) => me.store.get(&key).await.map(Some),
+                FillTo::Kernel(..) => me.store.get_and_keep(&key).await.map(Some),
             };
             me.filling.lock().expect("filling lock").remove(&block);
             match (result, to) {
