@@ -1401,7 +1401,7 @@ impl Client {
     }
 
     /// Lets the client hand the kernel blocks it reads in the background (a random reader's
-    /// file copied whole, [`Client::warm_file`]), through the thread that stores the fills of
+    /// file copied whole, `Client::warm_file`), through the thread that stores the fills of
     /// reads: `sink` queues a fill there.
     pub fn set_fill_sink(&self, sink: impl Fn(PageFill) + Send + Sync + 'static) {
         let _ = self.fill_sink.set(Box::new(sink));
@@ -1991,7 +1991,7 @@ impl Client {
     }
 
     /// The bytes of block `r` for a fill: from the memory cache (not counted as a use), the
-    /// disk cache, or the background read of it under way ([`Client::fill_block`]), waited for.
+    /// disk cache, or the background read of it under way (`Client::fill_block`), waited for.
     /// None if it is in none of them (a fill does not fetch a block itself; only a cached copy
     /// that fails its check is read again from the bucket, as any read of it would be); the
     /// block is then no longer counted as handed over, so that a later random read of it offers
