@@ -1408,8 +1408,8 @@ impl Client {
     }
 
     /// Hand the kernel block `r` of `ino` whole, `data`, in a file of `size` bytes, with
-    /// `ticket`, taken when `r` was read from the file's map; nothing if it was handed over
-    /// already or no sink is set. `hold` goes with the bytes until they are stored.
+    /// `ticket`, taken when `r` was read from the file's map; nothing if the file is closed or
+    /// no sink is set. `hold` goes with the bytes until they are stored.
     fn offer_block(
         &self,
         ino: Ino,
@@ -1446,7 +1446,7 @@ impl Client {
                 data: Some(data),
             }],
             ticket,
-            hold: Some(hold),
+            _hold: Some(hold),
         });
     }
 
@@ -2285,7 +2285,7 @@ impl Client {
                 parts,
                 blocks: whole,
                 ticket,
-                hold: None,
+                _hold: None,
             })
         });
         // The part of each block's bytes in the range, with its place in the answer; bytes a

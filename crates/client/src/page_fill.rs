@@ -51,10 +51,8 @@ pub struct PageFill {
     pub blocks: Vec<BlockFill>,
     /// Taken with the bytes; checked by [`PageFills::begin`].
     pub ticket: Ticket,
-    /// Held until the fill is stored or dropped: bounds the bytes that fills carry (only ever
-    /// dropped, never read).
-    #[allow(dead_code)]
-    pub(crate) hold: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Held until the fill is stored or dropped: bounds the bytes that fills carry.
+    pub(crate) _hold: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// A whole block of a file to hand the kernel: its committed version `r`, at file offset `at`,
@@ -226,7 +224,7 @@ mod tests {
             blocks: Vec::new(),
             parts: Vec::new(),
             ticket,
-            hold: None,
+            _hold: None,
         }
     }
 
