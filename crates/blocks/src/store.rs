@@ -780,8 +780,9 @@ impl BlockStore {
     }
 
     /// As [`BlockStore::get`], but a block read from the store is copied into the disk cache
-    /// before this returns, never skipped ([`DiskCache::insert`]): for background reads that
-    /// are there to leave the block in the cache.
+    /// without fail ([`DiskCache::keep_behind`]: this waits for a free copy slot, not for the
+    /// copy): for background reads that leave the block in the cache and hand its bytes to the
+    /// kernel.
     pub async fn get_and_keep(&self, key: &BlockKey) -> Result<Bytes, BlockError> {
         self.get_copied(key, false).await
     }
@@ -800,9 +801,7 @@ impl BlockStore {
         let (raw, stored) = core.read_verified(&core.data, "get", &path).await?;
         match &self.inner.cache {
             Some(cache) if behind => cache.insert_behind(path.as_ref(), stored),
-            Some(cache) => {
-                cache.insert(path.as_ref(), stored).await;
-            }
+            Some(cache) => cache.keep_behind(path.as_ref(), stored).await,
             None => {}
         }
         Ok(raw)

@@ -169,16 +169,69 @@ fn without_a_disk_cache_a_random_read_hands_the_kernel_the_file() {
 }
 
 /// The same with a disk cache (the default): the file, small beside the cache, is copied into
-/// it whole and handed to the kernel as it is copied.
+/// it whole and handed to the kernel as it is copied; the disk cache's copy does not stay in the
+/// page cache beside the kernel's (a second copy of every byte in memory).
 #[test]
 fn with_a_disk_cache_a_random_read_hands_the_kernel_the_file() {
-    one_random_read_hands_the_kernel_the_file(&["--cache-size", "8MiB"]);
+    let Some(c) = one_random_read_hands_the_kernel_the_file(&["--cache-size", "8MiB"]) else {
+        return;
+    };
+    let dir = c.mount().disk_cache_dir().expect("the mount's disk cache");
+    // Each block's copy, as stored (compressed: the stamped pages shrink), and its pages in
+    // the page cache.
+    let copies = || -> Vec<(u64, u64)> {
+        walkdir(&dir.join("clean"))
+            .into_iter()
+            .map(|p| {
+                let f = File::open(&p).expect("open a cached copy");
+                let len = f.metadata().expect("stat a cached copy").len();
+                let resident = match len {
+                    0 => 0,
+                    _ => resident_pages(&f, 0, len.next_multiple_of(PAGE)) as u64,
+                };
+                (len, resident)
+            })
+            .collect()
+    };
+    let blocks = 32 * MIB / (4 * MIB);
+    let copied = wait_until(Duration::from_secs(20), || copies().len() as u64 >= blocks);
+    let copies = copies();
+    assert!(
+        copied,
+        "the disk cache holds {} of the file's {blocks} blocks",
+        copies.len()
+    );
+    let bytes: u64 = copies.iter().map(|c| c.0).sum();
+    let resident: u64 = copies.iter().map(|c| c.1).sum();
+    assert!(
+        resident * PAGE <= bytes / 4,
+        "{} KiB of the disk cache's {} KiB of copies are in the page cache",
+        resident * PAGE / 1024,
+        bytes / 1024
+    );
 }
 
-fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) {
+/// Files under `dir`, at any depth.
+fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir)
+        .expect("list a cache folder")
+        .flatten()
+    {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) -> Option<Cluster> {
     let Some(mut c) = require_fuse().then(|| Cluster::s3(bin()).mount_args(mount_args).start())
     else {
-        return;
+        return None;
     };
     let len = 32 * MIB;
     let f = cold_stamped_file(&mut c, len);
@@ -204,6 +257,7 @@ fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) {
         assert_eq!(stamp_of(n, &page, "a filled page"), 1);
     }
     c.assert_no_panics();
+    Some(c)
 }
 
 /// Readers read pages at random, with fills, while a writer on the same mount opens the file,
