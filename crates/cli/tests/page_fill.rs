@@ -229,10 +229,7 @@ fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) -> Option<Cluster> {
-    let Some(mut c) = require_fuse().then(|| Cluster::s3(bin()).mount_args(mount_args).start())
-    else {
-        return None;
-    };
+    let mut c = require_fuse().then(|| Cluster::s3(bin()).mount_args(mount_args).start())?;
     let len = 32 * MIB;
     let f = cold_stamped_file(&mut c, len);
     let at = 12 * MIB + 5 * FRAME;
