@@ -25,12 +25,12 @@
 //! entry is uploaded again after the next open, which the store answers "already exists").
 //!
 //! A copy of a block just read from the bucket is written behind the read, by a task of its own
-//! ([`DiskCache::insert_behind`]): the read never waits for the disk, and when the disk falls
-//! behind, a copy is skipped rather than waited for. A copy of a block whose bytes go to the
-//! kernel's page cache with the read ([`DiskCache::keep_behind`]) is written with `O_DIRECT`
-//! where the filesystem takes it, from page-aligned buffers kept for reuse: the kernel then holds
-//! the block's bytes already, and a second copy of them in the page cache only costs memory and
-//! CPU.
+//! ([`DiskCache::insert_behind`], [`DiskCache::keep_behind`]): the read never waits for the disk.
+//! It is written with `O_DIRECT` where the filesystem takes it, from page-aligned buffers kept for
+//! reuse: the kernel holds the block's bytes already (in the pages of the file read), and a
+//! second copy of them in the page cache only cost memory and CPU (fresh pages for every byte
+//! read). Copies that are read back soon (the blocks of a file copied in for a random reader
+//! that the kernel is not handed) go through the page cache.
 //!
 //! Space: an in-memory index, rebuilt at open by listing the folder, counts bytes (clean entries
 //! in least-recently-used order, by file mtime at open). Before an entry is written, clean entries
@@ -148,7 +148,7 @@ struct Shared {
     tmp_counter: AtomicU64,
     /// Copies written behind reads ([`DiskCache::insert_behind`]).
     behind: Arc<tokio::sync::Semaphore>,
-    /// Whether [`DiskCache::keep_behind`] writes with `O_DIRECT`; cleared for good when the
+    /// Whether copies behind reads are written with `O_DIRECT`; cleared for good when the
     /// folder's filesystem refuses it.
     direct: AtomicBool,
     /// Page-aligned buffers of direct writes, kept for the next ones.
@@ -676,16 +676,18 @@ impl DiskCache {
 
     /// Keeps a copy of an object just read from the bucket, written by a task of its own, so
     /// that the read never waits for the disk: at most `BEHIND` (8) such copies at once, and none
-    /// when they are all under way (the block is copied the next time it is read). Best effort,
-    /// as [`DiskCache::insert`]. Four cold readers of 512 MiB each, SeaweedFS on the same disk
-    /// and two cores: 340-347 MB/s with each block's read waiting for its copy, 418-420 with the
-    /// copies behind the reads.
+    /// when they are all under way (the block is copied the next time it is read); with
+    /// `O_DIRECT` where the filesystem takes it (module doc). Best effort, as
+    /// [`DiskCache::insert`]. Four cold readers of 512 MiB each, SeaweedFS on the same disk and
+    /// two cores: 340-347 MB/s with each block's read waiting for its copy, 418-420 with the
+    /// copies behind the reads; then 435-482 MB/s written directly against 371-465 through the
+    /// page cache, one reader 423-443 against 310-384, with half the mount's CPU.
     pub fn insert_behind(&self, path: &str, stored: Bytes) {
         match Arc::clone(&self.shared.behind).try_acquire_owned() {
             Ok(permit) => {
                 let (this, path) = (self.clone(), path.to_string());
                 tokio::spawn(async move {
-                    this.insert(&path, stored).await;
+                    this.copy(&path, stored, true).await;
                     drop(permit);
                 });
             }
@@ -695,10 +697,9 @@ impl DiskCache {
 
     /// Keeps a copy of an object just read from the bucket whose bytes the kernel gets with the
     /// read (a random reader's file copied whole and handed over block by block): written by a
-    /// task of its own, as [`DiskCache::insert_behind`], but never skipped (this waits for one of
-    /// its slots instead), and with `O_DIRECT` where the filesystem takes it. Through the page
-    /// cache, the copy of a 2 GiB file cost the mount 4-5 s more CPU (fresh page cache pages for
-    /// bytes the kernel held already) and the reader reached the speed of memory at the 7th
+    /// task of its own and with `O_DIRECT`, as [`DiskCache::insert_behind`], but never skipped
+    /// (this waits for one of its slots instead). Through the page cache, the copy of a 2 GiB
+    /// file cost the mount 4-5 s more CPU and the reader reached the speed of memory at the 7th
     /// second instead of the 4th. Best effort, as [`DiskCache::insert`].
     pub async fn keep_behind(&self, path: &str, stored: Bytes) {
         let permit = Arc::clone(&self.shared.behind)

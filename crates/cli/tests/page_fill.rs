@@ -177,30 +177,63 @@ fn with_a_disk_cache_a_random_read_hands_the_kernel_the_file() {
         return;
     };
     let dir = c.mount().disk_cache_dir().expect("the mount's disk cache");
-    // Each block's copy, as stored (compressed: the stamped pages shrink), and its pages in
-    // the page cache.
-    let copies = || -> Vec<(u64, u64)> {
-        walkdir(&dir.join("clean"))
-            .into_iter()
-            .map(|p| {
-                let f = File::open(&p).expect("open a cached copy");
-                let len = f.metadata().expect("stat a cached copy").len();
-                let resident = match len {
-                    0 => 0,
-                    _ => resident_pages(&f, 0, len.next_multiple_of(PAGE)) as u64,
-                };
-                (len, resident)
-            })
-            .collect()
-    };
     let blocks = 32 * MIB / (4 * MIB);
-    let copied = wait_until(Duration::from_secs(20), || copies().len() as u64 >= blocks);
-    let copies = copies();
+    let copied = wait_until(Duration::from_secs(20), || {
+        disk_cache_copies(&dir).len() as u64 >= blocks
+    });
+    let copies = disk_cache_copies(&dir);
     assert!(
         copied,
         "the disk cache holds {} of the file's {blocks} blocks",
         copies.len()
     );
+    assert_not_in_page_cache(&copies);
+}
+
+/// A cold sequential read leaves copies of the blocks it read in the disk cache, and not in the
+/// page cache beside the kernel's pages of the file read.
+#[test]
+fn a_sequential_reader_s_blocks_are_copied_to_disk_outside_the_page_cache() {
+    let Some(mut c) = s3_cluster() else { return };
+    let f = cold_stamped_file(&mut c, 32 * MIB);
+    let mut buf = vec![0u8; MIB as usize];
+    for at in (0..32 * MIB).step_by(MIB as usize) {
+        f.read_exact_at(&mut buf, at).expect("read");
+        for (i, page) in buf.chunks(PAGE as usize).enumerate() {
+            stamp_of(at / PAGE + i as u64, page, "a sequential read");
+        }
+    }
+    let dir = c.mount().disk_cache_dir().expect("the mount's disk cache");
+    // Copies are written behind the reads, and skipped when the disk is busy: wait for some.
+    let copied = wait_until(Duration::from_secs(20), || {
+        disk_cache_copies(&dir).len() >= 4
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let copies = disk_cache_copies(&dir);
+    assert!(copied, "the disk cache holds {} of 8 blocks", copies.len());
+    assert_not_in_page_cache(&copies);
+}
+
+/// Each copy of a block in the disk cache folder `dir`: its length as stored (compressed; the
+/// stamped pages shrink), and how many of its pages are in the page cache.
+fn disk_cache_copies(dir: &Path) -> Vec<(u64, u64)> {
+    walkdir(&dir.join("clean"))
+        .into_iter()
+        .map(|p| {
+            let f = File::open(&p).expect("open a cached copy");
+            let len = f.metadata().expect("stat a cached copy").len();
+            let resident = match len {
+                0 => 0,
+                _ => resident_pages(&f, 0, len.next_multiple_of(PAGE)) as u64,
+            };
+            (len, resident)
+        })
+        .collect()
+}
+
+/// The disk cache's copies do not stay in the page cache: they would be a second copy in
+/// memory of the bytes the kernel keeps for the file itself.
+fn assert_not_in_page_cache(copies: &[(u64, u64)]) {
     let bytes: u64 = copies.iter().map(|c| c.0).sum();
     let resident: u64 = copies.iter().map(|c| c.1).sum();
     assert!(
