@@ -19,7 +19,8 @@
 #     writes, end_fsync=1; MB/s = bytes / wall time of the whole fio run (create, write, fsync,
 #     close), so that for every filesystem the data is in the bucket when the clock stops;
 #  2. seq read of those files, cold (the filesystem remounted, which drops its own caches, local
-#     disk caches deleted, then `sync` and `echo 3 > /proc/sys/vm/drop_caches`) and then warm
+#     disk caches deleted, then `sync`, `echo 3 > /proc/sys/vm/drop_caches` and BENCH_SETTLE
+#     seconds of rest) and then warm
 #     (the same read again right away, fio invalidate=0 so fio does not drop the page cache
 #     itself); fio's MB/s;
 #  3. seq overwrite of the 1-thread file, remounted and cold as for a cold read, in 1 MiB writes,
@@ -50,6 +51,10 @@
 #   BENCH_RAND_THREADS thread counts of the random-read runs (all threads on the one file) ["1 4"]
 #   BENCH_FS           filesystems to run ["cairn juicefs s3fs rclone"; cairn is always first]
 #   BENCH_TIMEOUT      seconds before a sequential or small-file run is stopped [900]
+#   BENCH_SETTLE       seconds between `drop_caches` and the cold run after it [10]: on this VM
+#                      the guest hands the memory it frees back to the host, and a run started at
+#                      once, after the gigabytes the writes left in the page cache were dropped,
+#                      read 20-35% slower whichever filesystem it was
 #   BENCH_IOPS_LOG     1: log each random-read run's IOPS second by second (all threads
 #                      together), to see how soon each filesystem reaches its page cache's speed [0]
 #   RESULTS            also write the raw results (TSV) to this file
@@ -64,6 +69,7 @@ FILE_KIB=${BENCH_FILE_KIB:-128}
 THREADS=${BENCH_THREADS:-"1 4"}
 RAND_THREADS=${BENCH_RAND_THREADS:-"1 4"}
 STEP_TIMEOUT=${BENCH_TIMEOUT:-900}
+SETTLE=${BENCH_SETTLE:-10}
 RCLONE_CACHE_MODE=off
 read -r -a FSES <<<"cairn ${BENCH_FS:-cairn juicefs s3fs rclone}"
 # cairn first, each once.
@@ -165,6 +171,10 @@ drop_caches() {
     # was timed, cost it up to a third of its cold read speed in one series.
     timeout 120 sync || log "sync timed out"
     timeout 120 sh -c 'echo 3 >/proc/sys/vm/drop_caches' || log "drop_caches failed or timed out"
+    # The first cold read after the writes, whichever filesystem it was, ran 20-35% slower than
+    # the same read later in the run (docs/benchmarks.md, data item 31): wait for the guest to
+    # finish handing the dropped pages back to the host.
+    sleep "$SETTLE"
 }
 
 # healthy FS: the mount answers a stat within 30 s.
@@ -567,7 +577,7 @@ PY
 echo
 echo "MB/s = 10^6 bytes/s. seq write: bytes / wall time of fio (create, write, end_fsync, close: the data" \
     "is in the bucket when it ends); seq read: fio's bandwidth. cold = remounted (local caches deleted)" \
-    "and drop_caches; warm = read again at once. Random reads start cold, run ${TIME}s each, psync," \
+    "and drop_caches, then ${SETTLE}s of rest; warm = read again at once. Random reads start cold, run ${TIME}s each, psync," \
     "the threads share the one file. Small files: $FILES x $FILE_KIB KiB, split over the threads."
 printf 'mount daemon peak RSS (VmHWM, largest of any of its mounts, sampled after every run):'
 for fs in "${FSES[@]}"; do
