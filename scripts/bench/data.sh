@@ -485,7 +485,7 @@ create_bucket store-alone
 STORE_PUT=n/a STORE_GET=n/a
 if out=$(timeout -k 10 "$STEP_TIMEOUT" env -u AWS_CA_BUNDLE AWS_ACCESS_KEY_ID="$S3_KEY" AWS_SECRET_ACCESS_KEY="$S3_SECRET" \
     "$CAIRN_BENCH" store --endpoint "$S3_ENDPOINT" --bucket store-alone --region "$S3_REGION" \
-    --size-mib "$SIZE_MIB" --object-mib 4 --parallel 16 --drop-caches 2>&1); then
+    --size-mib "$SIZE_MIB" --object-mib 4 --parallel 16 --drop-caches --settle-secs "$SETTLE" 2>&1); then
     mb_per_sec() { awk -v p="$1" '$1 == p { for (i = 2; i <= NF; i++) if ($i ~ /^mb_per_sec=/) print substr($i, 12) }' <<<"$out"; }
     STORE_PUT=$(mb_per_sec put)
     STORE_GET=$(mb_per_sec get)

@@ -52,6 +52,11 @@ pub struct StoreArgs {
     /// so that the store serves the GETs from its disk, as it does a filesystem's cold read.
     #[arg(long)]
     pub drop_caches: bool,
+    /// Seconds of rest after --drop-caches before the GETs: on a VM that hands freed memory back
+    /// to its host, reads started at once after a large drop ran 20-35% slower (scripts/bench
+    /// data.sh, BENCH_SETTLE).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=600))]
+    pub settle_secs: u64,
 }
 
 /// Prints a `put` and a `get` line (see [`crate::report`]) with `mb_per_sec` appended.
@@ -122,6 +127,7 @@ async fn run_phases(store: Arc<dyn ObjectStore>, a: &StoreArgs) -> Result<()> {
         println!("{}", put.line());
         if a.drop_caches {
             drop_caches()?;
+            tokio::time::sleep(std::time::Duration::from_secs(a.settle_secs)).await;
         }
         phase("get", &store, &paths, a, move |s, p, _| async move {
             let mut body = s.get(&p).await?.into_stream();
