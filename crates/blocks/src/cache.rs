@@ -684,13 +684,7 @@ impl DiskCache {
     /// page cache, one reader 423-443 against 310-384, with half the mount's CPU.
     pub fn insert_behind(&self, path: &str, stored: Bytes) {
         match Arc::clone(&self.shared.behind).try_acquire_owned() {
-            Ok(permit) => {
-                let (this, path) = (self.clone(), path.to_string());
-                tokio::spawn(async move {
-                    this.copy(&path, stored, true).await;
-                    drop(permit);
-                });
-            }
+            Ok(permit) => self.copy_behind(permit, path, stored),
             Err(_) => tracing::trace!(path, "disk cache busy; block not copied"),
         }
     }
@@ -706,10 +700,16 @@ impl DiskCache {
             .acquire_owned()
             .await
             .expect("never closed");
+        self.copy_behind(permit, path, stored);
+    }
+
+    /// The direct copy of [`DiskCache::insert_behind`] and [`DiskCache::keep_behind`], on a task
+    /// that holds one of their slots until it is written.
+    fn copy_behind(&self, slot: tokio::sync::OwnedSemaphorePermit, path: &str, stored: Bytes) {
         let (this, path) = (self.clone(), path.to_string());
         tokio::spawn(async move {
             this.copy(&path, stored, true).await;
-            drop(permit);
+            drop(slot);
         });
     }
 

@@ -261,23 +261,6 @@ fn stop_and_empty_disk_cache(c: &mut Cluster) {
     std::fs::remove_dir_all(&cache).expect("empty the disk cache");
 }
 
-/// Files in the `clean/` folder of a disk cache: the blocks it holds that are in the bucket too.
-fn clean_entries(cache: &Path) -> usize {
-    fn count(dir: &Path) -> usize {
-        std::fs::read_dir(dir).map_or(0, |entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => count(&e.path()),
-                    Ok(t) if t.is_file() => 1,
-                    _ => 0,
-                })
-                .sum()
-        })
-    }
-    count(&cache.join("clean"))
-}
-
 /// A cold 6-block file, with a memory cache smaller than it (random reads fetch frames) and a
 /// disk cache of `disk_cache`: one 4 KiB random read, then the file stays open unread. Returns
 /// how many blocks the disk cache holds once they stop coming (or after `wait`).
@@ -301,10 +284,10 @@ fn blocks_cached_after_one_random_read(disk_cache: &str, wait: Duration) -> usiz
         "the random read"
     );
     let deadline = Instant::now() + wait;
-    let mut last = (clean_entries(&cache), Instant::now());
+    let mut last = (clean_copies(&cache).len(), Instant::now());
     while Instant::now() < deadline && last.0 < 6 {
         std::thread::sleep(Duration::from_millis(100));
-        let n = clean_entries(&cache);
+        let n = clean_copies(&cache).len();
         if n != last.0 {
             last = (n, Instant::now());
         } else if last.0 > 0 && last.1.elapsed() > Duration::from_secs(3) {

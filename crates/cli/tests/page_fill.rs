@@ -217,7 +217,7 @@ fn a_sequential_reader_s_blocks_are_copied_to_disk_outside_the_page_cache() {
 /// Each copy of a block in the disk cache folder `dir`: its length as stored (compressed; the
 /// stamped pages shrink), and how many of its pages are in the page cache.
 fn disk_cache_copies(dir: &Path) -> Vec<(u64, u64)> {
-    walkdir(&dir.join("clean"))
+    clean_copies(dir)
         .into_iter()
         .map(|p| {
             let f = File::open(&p).expect("open a cached copy");
@@ -242,23 +242,6 @@ fn assert_not_in_page_cache(copies: &[(u64, u64)]) {
         resident * PAGE / 1024,
         bytes / 1024
     );
-}
-
-/// Files under `dir`, at any depth.
-fn walkdir(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir)
-        .expect("list a cache folder")
-        .flatten()
-    {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walkdir(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) -> Option<Cluster> {

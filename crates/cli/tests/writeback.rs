@@ -258,17 +258,6 @@ fn cache_flags_are_checked() {
     }
 }
 
-/// Block files in the `clean/` folder of a disk cache: copies of blocks that are in the bucket.
-fn cached_blocks(cache: &Path) -> usize {
-    let Ok(shards) = fs::read_dir(cache.join("clean")) else {
-        return 0;
-    };
-    shards
-        .filter_map(|s| fs::read_dir(s.ok()?.path()).ok())
-        .map(|files| files.count())
-        .sum()
-}
-
 /// A mount without `--cache-dir` keeps a disk cache in a default folder of its own, named after
 /// the volume and its mount point and noting the mount point; a second mount gets another;
 /// `--no-disk-cache` makes none; and a default folder that cannot be made does not stop a mount
@@ -311,7 +300,7 @@ fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
     let len = 4 * MIB + (100 << 10);
     let h = write_random_file(&c.join("f"), 5, len, true).expect("write");
     assert_eq!(
-        cached_blocks(&dir),
+        clean_copies(&dir).len(),
         1,
         "the small block written is kept in the default folder, the large one is not"
     );
@@ -412,7 +401,7 @@ fn random_reads_fill_the_disk_cache_and_then_need_no_bucket() {
         .disk_cache_dir()
         .expect("the reader's disk cache folder");
     assert_eq!(
-        cached_blocks(&cache),
+        clean_copies(&cache).len(),
         0,
         "a fresh mount's disk cache is empty"
     );
@@ -440,12 +429,12 @@ fn random_reads_fill_the_disk_cache_and_then_need_no_bucket() {
         .collect();
     read_at(reader.path(), first, "random reads of a cold mount");
     let filled = wait_until(Duration::from_secs(60), || {
-        cached_blocks(&cache) == BLOCKS as usize
+        clean_copies(&cache).len() == BLOCKS as usize
     });
     assert!(
         filled,
         "after random reads, the disk cache holds {} of the {BLOCKS} blocks read",
-        cached_blocks(&cache)
+        clean_copies(&cache).len()
     );
 
     reader.restart();
@@ -493,7 +482,7 @@ fn readahead_reads_ahead_as_far_as_the_flag_allows() {
         );
         let cache = reader.disk_cache_dir().expect("the reader's disk cache");
         assert_eq!(
-            cached_blocks(&cache),
+            clean_copies(&cache).len(),
             0,
             "a fresh mount's disk cache is empty"
         );
@@ -509,9 +498,11 @@ fn readahead_reads_ahead_as_far_as_the_flag_allows() {
             assert!(got == head, "the first three blocks read back as written");
         });
         // Read-ahead runs in the background: give it time to go as far as it will.
-        wait_until(Duration::from_secs(5), || cached_blocks(&cache) >= most);
+        wait_until(Duration::from_secs(5), || {
+            clean_copies(&cache).len() >= most
+        });
         std::thread::sleep(Duration::from_millis(500));
-        let n = cached_blocks(&cache);
+        let n = clean_copies(&cache).len();
         assert!(
             (fewest..=most).contains(&n),
             "--readahead {readahead}: {n} blocks fetched for three blocks read, expected {fewest} to {most}"

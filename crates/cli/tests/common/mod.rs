@@ -152,6 +152,26 @@ pub fn truncate(p: &Path, len: u64) -> io::Result<()> {
     check(unsafe { libc::truncate(p.as_ptr(), len as libc::off_t) })
 }
 
+/// Files in the `clean/` folder of the disk cache folder `cache`, at any depth: its copies of
+/// blocks that are in the bucket too (none if the folder is not there yet).
+pub fn clean_copies(cache: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.filter_map(Result::ok) {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => walk(&e.path(), out),
+                Ok(t) if t.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&cache.join("clean"), &mut out);
+    out
+}
+
 /// Names in a directory (without . and ..), sorted.
 pub fn list(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
