@@ -734,6 +734,15 @@ impl BlockCodec {
     /// # Panics
     /// As [`BlockCodec::encode`].
     pub fn encode_for(&self, raw: &[u8], path: &[u8]) -> Bytes {
+        Bytes::from(self.encode_into(raw, path, Vec::new()))
+    }
+
+    /// Bytes of the object of `raw` (as [`BlockCodec::encode_for`]), written into `out` (emptied
+    /// first, grown if it is too small): for a buffer used again ([`crate::pool`]).
+    ///
+    /// # Panics
+    /// As [`BlockCodec::encode`].
+    pub fn encode_into(&self, raw: &[u8], path: &[u8], mut out: Vec<u8>) -> Vec<u8> {
         assert!(
             raw.len() <= MAX_RAW_LEN,
             "block of {} bytes exceeds the {MAX_RAW_LEN}-byte limit",
@@ -745,27 +754,31 @@ impl BlockCodec {
             Compression::Zstd { .. } => COMPRESSION_ZSTD,
         };
         let count = raw.len().div_ceil(FRAME_LEN);
-        let mut header = Vec::with_capacity(HEADER_LEN + count * ENTRY_LEN);
-        header.extend_from_slice(&MAGIC);
-        header.push(FORMAT_VERSION);
-        header.push(id);
-        header.push(if self.key.is_some() {
+        let index_len = HEADER_LEN + count * ENTRY_LEN;
+        let sealing = if self.key.is_some() { SEAL_LEN } else { 0 };
+        out.clear();
+        out.reserve_exact(index_len + raw.len() + count * sealing);
+        out.extend_from_slice(&MAGIC);
+        out.push(FORMAT_VERSION);
+        out.push(id);
+        out.push(if self.key.is_some() {
             FLAG_ENCRYPTED
         } else {
             0
         });
-        header.push(0); // reserved
-        header.extend_from_slice(&len_u32(raw.len()).to_le_bytes());
-        header.extend_from_slice(&len_u32(FRAME_LEN).to_le_bytes());
-        header.extend_from_slice(&len_u32(count).to_le_bytes());
-        let fixed: [u8; 20] = header[..20].try_into().expect("20 bytes written");
+        out.push(0); // reserved
+        out.extend_from_slice(&len_u32(raw.len()).to_le_bytes());
+        out.extend_from_slice(&len_u32(FRAME_LEN).to_le_bytes());
+        out.extend_from_slice(&len_u32(count).to_le_bytes());
+        let fixed: [u8; 20] = out[..20].try_into().expect("20 bytes written");
+        // The index crc and the frame table are written in place once the frames are: the
+        // frames go straight after them, with no second copy of the block.
+        out.resize(index_len, 0);
         // zstd only fails on an invalid context or level; frames are then stored raw.
         let mut zstd = match self.compression {
             Compression::Zstd { level } => zstd::bulk::Compressor::new(level).ok(),
             _ => None,
         };
-        let mut table = Vec::with_capacity(count * ENTRY_LEN);
-        let mut body = Vec::with_capacity(raw.len() + count * SEAL_LEN);
         // Frames left to store raw untried after one that compressed poorly, and how many the
         // next poor probe leaves.
         let mut untried = 0;
@@ -797,14 +810,14 @@ impl BlockCodec {
                 Some(c) if !c.is_empty() && !poor(c) => (FRAME_COMPRESSED, c),
                 _ => (0, chunk),
             };
-            let start = body.len();
+            let start = out.len();
             let (stored_crc, raw_crc) = match &self.key {
                 Some(cipher) => {
-                    seal(cipher, &mut body, &fixed, len_u32(i), flags, payload, path);
-                    (crc32c::crc32c(&body[start..]), 0)
+                    seal(cipher, &mut out, &fixed, len_u32(i), flags, payload, path);
+                    (crc32c::crc32c(&out[start..]), 0)
                 }
                 None => {
-                    body.extend_from_slice(payload);
+                    out.extend_from_slice(payload);
                     let raw_crc = crc32c::crc32c(chunk);
                     // A frame stored raw is its raw bytes: one pass gives both checksums.
                     let stored_crc = if flags == 0 {
@@ -815,19 +828,16 @@ impl BlockCodec {
                     (stored_crc, raw_crc)
                 }
             };
-            let stored_len = body.len() - start;
-            table.extend_from_slice(&len_u32(stored_len).to_le_bytes());
-            table.extend_from_slice(&[flags, 0, 0, 0]);
-            table.extend_from_slice(&stored_crc.to_le_bytes());
-            table.extend_from_slice(&raw_crc.to_le_bytes());
+            let stored_len = out.len() - start;
+            let entry = &mut out[HEADER_LEN + i * ENTRY_LEN..][..ENTRY_LEN];
+            entry[..4].copy_from_slice(&len_u32(stored_len).to_le_bytes());
+            entry[4..8].copy_from_slice(&[flags, 0, 0, 0]);
+            entry[8..12].copy_from_slice(&stored_crc.to_le_bytes());
+            entry[12..].copy_from_slice(&raw_crc.to_le_bytes());
         }
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), &table);
-        header.extend_from_slice(&crc.to_le_bytes());
-        let mut out = header;
-        out.reserve_exact(table.len() + body.len());
-        out.extend_from_slice(&table);
-        out.extend_from_slice(&body);
-        Bytes::from(out)
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&fixed), &out[HEADER_LEN..index_len]);
+        out[20..HEADER_LEN].copy_from_slice(&crc.to_le_bytes());
+        out
     }
 
     /// Checks the header, table and stored checksums only: needs no key and no decompression.

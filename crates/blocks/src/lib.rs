@@ -22,7 +22,8 @@
 //!
 //! Modules: [`codec`] (the object format), [`key`] (object paths), [`store`] (the store and how
 //! blocks are written and read), [`cache`] (the on-disk cache of stored objects, with writeback),
-//! `writeback` (the uploader of staged blocks), `retry` (the retrying decorator), [`error`].
+//! `writeback` (the uploader of staged blocks), `retry` (the retrying decorator), [`pool`] (block
+//! buffers used again), [`error`].
 
 pub mod cache;
 pub mod codec;
@@ -30,6 +31,7 @@ pub mod error;
 #[cfg(test)]
 mod faults;
 pub mod key;
+pub mod pool;
 mod retry;
 pub mod store;
 mod writeback;

@@ -29,6 +29,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::pool::BufferPool;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
@@ -145,6 +146,7 @@ pub(crate) struct RetryingStore {
     inner: Arc<dyn ObjectStore>,
     policy: RetryPolicy,
     quiet: bool,
+    pool: Option<Arc<BufferPool>>,
 }
 
 impl RetryingStore {
@@ -153,6 +155,15 @@ impl RetryingStore {
             inner,
             policy,
             quiet: false,
+            pool: None,
+        }
+    }
+
+    /// Bodies of block size read into buffers of `pool` ([`crate::pool`]).
+    pub(crate) fn with_pool(self, pool: Arc<BufferPool>) -> Self {
+        Self {
+            pool: Some(pool),
+            ..self
         }
     }
 
@@ -163,6 +174,7 @@ impl RetryingStore {
             inner,
             policy,
             quiet: true,
+            pool: None,
         }
     }
 }
@@ -178,14 +190,25 @@ impl fmt::Display for RetryingStore {
 }
 
 /// Reads the whole body of `result` and returns it as a one-chunk stream, checking its length
-/// against the range the store announced.
-async fn buffer(result: GetResult) -> Result<GetResult> {
+/// against the range the store announced. A body of block size goes into a buffer of `pool`.
+async fn buffer(result: GetResult, pool: Option<&Arc<BufferPool>>) -> Result<GetResult> {
     let range: Range<u64> = result.range.clone();
     let meta = result.meta.clone();
     let attributes = result.attributes.clone();
     let extensions = result.extensions.clone();
-    let bytes = result.bytes().await?;
     let expected = range.end - range.start;
+    let pooled = pool.and_then(|p| Some((p, p.take(usize::try_from(expected).ok()?)?)));
+    let bytes = match pooled {
+        Some((pool, mut buf)) => {
+            let mut body = result.into_stream();
+            while let Some(chunk) = body.next().await {
+                // A body longer than announced outgrows the buffer; the check below reports it.
+                buf.extend_from_slice(&chunk?);
+            }
+            pool.freeze(buf)
+        }
+        None => result.bytes().await?,
+    };
     if bytes.len() as u64 != expected {
         return Err(object_store::Error::Generic {
             store: "RetryingStore",
@@ -238,6 +261,7 @@ impl ObjectStore for RetryingStore {
     async fn get_opts(&self, location: &Path, options: GetOptions) -> Result<GetResult> {
         let inner = &self.inner;
         let options = &options;
+        let pool = self.pool.as_ref();
         if options.head {
             return self
                 .policy
@@ -248,7 +272,7 @@ impl ObjectStore for RetryingStore {
         }
         self.policy
             .run(&self.inner, "get", location, self.quiet, || async move {
-                buffer(inner.get_opts(location, options.clone()).await?).await
+                buffer(inner.get_opts(location, options.clone()).await?, pool).await
             })
             .await
     }

@@ -83,6 +83,7 @@ use crate::cache::{CacheConfig, CacheUsage, DiskCache};
 use crate::codec::{index_len_for, BlockCodec, CodecError, FrameIndex, IndexRead};
 use crate::error::{io_kind, s3_error_code, transport_kind, BlockError};
 use crate::key::BlockKey;
+use crate::pool::BufferPool;
 use crate::retry::{RetryPolicy, RetryingStore};
 use crate::writeback::Uploader;
 
@@ -126,6 +127,9 @@ const OFFLOAD_MIN_LEN: usize = 128 << 10;
 
 /// Bytes of parsed frame tables kept in memory (about 2 KiB per 4 MiB block: some 8000 blocks).
 pub const INDEX_CACHE_BYTES: u64 = 16 << 20;
+/// Idle block buffers kept for the next blocks ([`crate::pool`]): as many as the downloads a
+/// mount has in flight by default, 64 MiB of 4 MiB blocks.
+const POOLED_BUFFERS: usize = 16;
 
 /// What the store knows of an object's layout, once its first bytes were read.
 enum Layout {
@@ -331,6 +335,8 @@ pub(crate) struct Core {
     location: Location,
     /// Delays between the uploader's rounds.
     pub(crate) policy: RetryPolicy,
+    /// Buffers of whole blocks, used again.
+    pool: Arc<BufferPool>,
 }
 
 impl fmt::Debug for BlockStore {
@@ -594,7 +600,9 @@ impl BlockStore {
         cache: Option<&CacheConfig>,
         index_cache_bytes: u64,
     ) -> Result<BlockStore, BlockError> {
-        let data = Arc::new(RetryingStore::new(Arc::clone(&inner), data_policy));
+        let pool = BufferPool::new(POOLED_BUFFERS);
+        let data =
+            Arc::new(RetryingStore::new(Arc::clone(&inner), data_policy).with_pool(pool.clone()));
         // Short rounds: the uploader retries forever around them, and logs a block's first
         // failed round, which should come soon after the store goes away.
         let upload_policy = RetryPolicy {
@@ -611,6 +619,7 @@ impl BlockStore {
             volume: volume.to_string(),
             location,
             policy: data_policy,
+            pool,
         });
         let (cache, uploader, writeback, found) = match cache {
             None => (None, None, false, None),
@@ -770,6 +779,12 @@ impl BlockStore {
             }),
             Err(_) => Ok(None),
         }
+    }
+
+    /// Buffers of whole blocks that come back when their bytes are dropped: for callers that
+    /// build blocks (a writer's block buffers), so that they reuse the ones of blocks read.
+    pub fn buffers(&self) -> &Arc<BufferPool> {
+        &self.inner.core.pool
     }
 
     /// Read and decode a block; checks length and checksums. With a cache, a cached copy is
@@ -1196,8 +1211,14 @@ impl Core {
         if raw.len() < OFFLOAD_MIN_LEN {
             return self.codec.encode_for(&raw, path.as_ref().as_bytes());
         }
+        // Into a block buffer used again: the object is dropped once it is uploaded.
+        let out = self
+            .pool
+            .take(index_len_for(raw.len() as u64) as usize + raw.len())
+            .unwrap_or_default();
         let (codec, path) = (self.codec.clone(), path.to_string());
-        off_runtime(move || codec.encode_for(&raw, path.as_bytes())).await
+        let out = off_runtime(move || codec.encode_into(&raw, path.as_bytes(), out)).await;
+        self.pool.freeze(out)
     }
 
     async fn decode(&self, stored: Bytes, path: &Path) -> Result<Bytes, CodecError> {

@@ -3,6 +3,7 @@
 //! daemon's peak resident memory (VmHWM) stays under the 1.5 GiB target. Also random writes all
 //! over a file that touch far more blocks than the write budget holds, so the writer must commit
 //! as it goes, while a second file is kept open with dirty blocks it never flushes by itself.
+//! And a sequential read of a file larger than the memory cache does not fill it.
 
 mod common;
 
@@ -108,6 +109,66 @@ fn rss_stays_bounded_writing_and_reading_4gib_with_8_threads() {
         "the reading mount peaked at {} MiB, over the {} MiB target",
         reader_peak / MIB,
         RSS_LIMIT / MIB
+    );
+}
+
+/// Resident memory of `pid` now (VmRSS), in bytes.
+fn rss(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kb * 1024
+}
+
+#[test]
+fn a_sequential_read_of_a_file_larger_than_the_memory_cache_leaves_it_small() {
+    if !require_fuse() {
+        return;
+    }
+    // Blocks a sequential reader has read are in the kernel's page cache: the mount keeps the
+    // ones not read yet (read-ahead, 32 MiB here), not every block it ever read. Before, the
+    // reader below held the whole 256 MiB cache of blocks read once.
+    let cache = 256 * MIB;
+    let c = Cluster::s3(bin())
+        .mount_args(&["--cache-size", "256MiB"])
+        .start();
+    let path = c.join("stream");
+    let size = 3 * cache;
+    {
+        let f = File::create(&path).expect("create");
+        for n in 0..size / MIB {
+            f.write_all_at(&chunk(7, n), n * MIB).expect("write");
+        }
+        f.sync_all().expect("fsync");
+    }
+    let reader = c.new_mount();
+    let pid = reader.pid().expect("reader pid");
+    let before = rss(pid);
+    let f = File::open(reader.join("stream")).expect("open for reading");
+    let mut buf = vec![0u8; MIB as usize];
+    let mut most = 0;
+    for n in 0..size / MIB {
+        f.read_exact_at(&mut buf, n * MIB)
+            .unwrap_or_else(|e| panic!("read MiB {n}: {e}"));
+        assert!(buf == chunk(7, n), "data differs in MiB {n}");
+        if n % 16 == 15 {
+            most = most.max(rss(pid));
+        }
+    }
+    println!(
+        "{} MiB read sequentially: mount resident {} MiB before, at most {} MiB during",
+        size / MIB,
+        before / MIB,
+        most / MIB
+    );
+    assert!(
+        most < before + cache / 2,
+        "the mount grew from {} MiB to {} MiB reading a file once: blocks read stay in memory",
+        before / MIB,
+        most / MIB
     );
 }
 

@@ -1539,7 +1539,7 @@ impl Client {
 
     /// Start uploading block `index` with `data` in the background.
     async fn start_upload(&self, ino: Ino, inner: &mut FileInner, index: u64, buf: Buf) {
-        let data = Bytes::from(buf.data);
+        let data = self.store.buffers().freeze(buf.data);
         let permit = self
             .uploads
             .clone()
@@ -2226,6 +2226,17 @@ impl Client {
                 inner.ra_window = 0;
                 inner.ra_issued_to = 0;
             }
+            // A block a sequential reader has read to its end is in the kernel's page cache (and
+            // in the disk cache): kept in memory too, a long read filled the whole cache with
+            // blocks read once, pushing out what random readers use, in fresh memory that cost
+            // a sixth of the mount's CPU (docs/benchmarks.md, data item 32). The block before
+            // the one this read ends leaves the cache (one block behind: a few reads of a run
+            // arrive late), and its buffer goes to the next block fetched ([`cairn_blocks::pool`]).
+            if sequential && last > 0 && (end == (last + 1) * bs || end == size) {
+                if let Some(r) = inner.map.get(&(last - 1)) {
+                    self.cache.remove(&(ino, r.index, r.version, WHOLE));
+                }
+            }
             // A late read of a sequential run does not move its end back.
             inner.next_seq_offset = if sequential { next.max(end) } else { end };
             // Taken under the file's lock, with the plan: a change applied after this spoils it.
@@ -2374,10 +2385,14 @@ impl Client {
             let src = &data[(pos - offset) as usize..][..n];
             if in_off == buf.data.len() {
                 // Appending, the common case: no zeros written first. A large first write is
-                // taken for the start of a whole block, whose room is reserved at once rather
-                // than grown by doubling (each step a copy and fresh pages to fault in).
+                // taken for the start of a whole block, whose room is taken at once rather than
+                // grown by doubling (each step a copy and fresh pages to fault in): a block
+                // buffer used before, if there is one ([`cairn_blocks::pool`]).
                 if buf.data.capacity() == 0 && n as u64 >= bs / 4 {
-                    buf.data.reserve_exact(bs as usize);
+                    match self.store.buffers().take(bs as usize) {
+                        Some(room) => buf.data = room,
+                        None => buf.data.reserve_exact(bs as usize),
+                    }
                 }
                 buf.data.extend_from_slice(src);
             } else {
