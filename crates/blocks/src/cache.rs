@@ -53,13 +53,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::error::BlockError;
+use crate::pool::BufferPool;
 use crate::store::off_runtime as blocking;
 
 const MARKER: &str = "CAIRN-CACHE";
@@ -153,6 +154,8 @@ struct Shared {
     direct: AtomicBool,
     /// Page-aligned buffers of direct writes, kept for the next ones.
     direct_buffers: Mutex<Vec<Vec<u8>>>,
+    /// Buffers that whole entries are read into.
+    pool: OnceLock<Arc<BufferPool>>,
     /// Filesystem space as tests want it seen.
     #[cfg(test)]
     fake_space: Mutex<Option<Space>>,
@@ -319,6 +322,14 @@ fn fs_space(dir: &Path) -> io::Result<Space> {
 /// checksum). Fails with `UnexpectedEof` if the file ends first.
 fn read_exact_at_fresh(file: &File, len: usize, offset: u64) -> io::Result<Vec<u8>> {
     let mut buf: Vec<u8> = Vec::with_capacity(len);
+    read_exact_at_into(file, &mut buf, len, offset)?;
+    Ok(buf)
+}
+
+/// As [`read_exact_at_fresh`], into an empty `buf` (a pooled one), grown if it is too small.
+fn read_exact_at_into(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -> io::Result<()> {
+    buf.clear();
+    buf.reserve_exact(len);
     while buf.len() < len {
         let done = buf.len();
         let spare = &mut buf.spare_capacity_mut()[..len - done];
@@ -345,7 +356,23 @@ fn read_exact_at_fresh(file: &File, len: usize, offset: u64) -> io::Result<Vec<u
             n => unsafe { buf.set_len(done + n as usize) },
         }
     }
-    Ok(buf)
+    Ok(())
+}
+
+/// The whole file at `path`: into a buffer of `pool` when it is of block size.
+fn read_whole(path: &Path, pool: Option<&Arc<BufferPool>>) -> io::Result<Bytes> {
+    let Some(pool) = pool else {
+        return fs::read(path).map(Bytes::from);
+    };
+    let file = File::open(path)?;
+    let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+    match pool.take(len) {
+        Some(mut buf) => {
+            read_exact_at_into(&file, &mut buf, len, 0)?;
+            Ok(pool.freeze(buf))
+        }
+        None => read_exact_at_fresh(&file, len, 0).map(Bytes::from),
+    }
 }
 
 fn closed() -> io::Error {
@@ -507,6 +534,7 @@ impl DiskCache {
                 behind: Arc::new(tokio::sync::Semaphore::new(BEHIND)),
                 direct: AtomicBool::new(true),
                 direct_buffers: Mutex::default(),
+                pool: OnceLock::new(),
                 #[cfg(test)]
                 fake_space: Mutex::new(None),
             }),
@@ -560,8 +588,15 @@ impl DiskCache {
     /// The stored bytes of `path` if cached, and whether they are staged (not uploaded yet).
     /// Marks a clean entry as used. A read error counts as a miss.
     pub async fn get(&self, path: &str) -> Option<(Bytes, bool)> {
-        self.read_entry(path, |file| fs::read(file).map(Bytes::from))
+        let pool = self.shared.pool.get().cloned();
+        self.read_entry(path, move |file| read_whole(&file, pool.as_ref()))
             .await
+    }
+
+    /// Whole entries of block size are read into buffers of `pool` ([`crate::pool`]). Set
+    /// once; later calls are ignored.
+    pub(crate) fn use_pool(&self, pool: Arc<BufferPool>) {
+        let _ = self.shared.pool.set(pool);
     }
 
     /// Stored bytes `range` of the cached copy of `path` (fewer if the file is shorter), read

@@ -630,6 +630,7 @@ impl BlockStore {
                     ));
                 }
                 let cache = DiskCache::open(&cfg.dir, cfg.capacity)?;
+                cache.use_pool(Arc::clone(&core.pool));
                 let found = cache.usage();
                 let uploader = Uploader::start(Arc::clone(&core), cache.clone());
                 (Some(cache), Some(uploader), cfg.writeback, Some(found))
