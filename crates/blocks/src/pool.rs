@@ -36,13 +36,14 @@ impl BufferPool {
     }
 
     /// An empty buffer with room for `len` bytes: an idle one if one fits (and is not more than
-    /// twice as large), else a new one (a little larger). `None` below [`MIN_POOLED`]: allocate it yourself.
+    /// twice as large), else a new one (a little larger). `None` below [`MIN_POOLED`]: allocate
+    /// it yourself.
     pub fn take(&self, len: usize) -> Option<Vec<u8>> {
         if len < MIN_POOLED {
             return None;
         }
         let found = {
-            let mut idle = self.idle.lock().expect("pool lock poisoned");
+            let mut idle = self.lock();
             let at = idle
                 .iter()
                 .position(|b| b.capacity() >= len && b.capacity() / 2 <= len);
@@ -71,11 +72,17 @@ impl BufferPool {
 
     /// Idle buffers now (for tests and logs).
     pub fn idle(&self) -> usize {
-        self.idle.lock().expect("pool lock poisoned").len()
+        self.lock().len()
+    }
+
+    /// The idle list. Nothing panics while holding it, and a buffer given back from a `Drop`
+    /// must not panic either: a poisoned lock is used as it is.
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn give_back(&self, mut buf: Vec<u8>) {
-        let mut idle = self.idle.lock().expect("pool lock poisoned");
+        let mut idle = self.lock();
         if idle.len() < self.max_idle {
             buf.clear();
             idle.push(buf);
