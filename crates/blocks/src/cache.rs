@@ -361,18 +361,14 @@ fn read_exact_at_into(file: &File, buf: &mut Vec<u8>, len: usize, offset: u64) -
 
 /// The whole file at `path`: into a buffer of `pool` when it is of block size.
 fn read_whole(path: &Path, pool: Option<&Arc<BufferPool>>) -> io::Result<Bytes> {
-    let Some(pool) = pool else {
-        return fs::read(path).map(Bytes::from);
-    };
     let file = File::open(path)?;
     let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
-    match pool.take(len) {
-        Some(mut buf) => {
-            read_exact_at_into(&file, &mut buf, len, 0)?;
-            Ok(pool.freeze(buf))
-        }
-        None => read_exact_at_fresh(&file, len, 0).map(Bytes::from),
-    }
+    let mut buf = pool.and_then(|p| p.take(len)).unwrap_or_default();
+    read_exact_at_into(&file, &mut buf, len, 0)?;
+    Ok(match pool {
+        Some(pool) => pool.freeze(buf),
+        None => Bytes::from(buf),
+    })
 }
 
 fn closed() -> io::Error {

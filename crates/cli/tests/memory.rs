@@ -18,15 +18,20 @@ const THREADS: u64 = 8;
 /// The target of the data path: a mount's resident memory stays under this in any workload.
 const RSS_LIMIT: u64 = 1536 * MIB;
 
-/// Peak resident memory of `pid` so far (VmHWM), in bytes.
-fn peak_rss(pid: i32) -> u64 {
+/// Field `field` (a size in kB) of /proc/PID/status, in bytes.
+fn status_bytes(pid: i32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
     let kb: u64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM in /proc/PID/status");
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kb * 1024
+}
+
+/// Peak resident memory of `pid` so far, in bytes.
+fn peak_rss(pid: i32) -> u64 {
+    status_bytes(pid, "VmHWM")
 }
 
 /// One pseudo-random 1 MiB chunk per (seed, chunk number), so any range can be checked alone.
@@ -112,15 +117,9 @@ fn rss_stays_bounded_writing_and_reading_4gib_with_8_threads() {
     );
 }
 
-/// Resident memory of `pid` now (VmRSS), in bytes.
+/// Resident memory of `pid` now, in bytes.
 fn rss(pid: i32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/PID/status");
-    kb * 1024
+    status_bytes(pid, "VmRSS")
 }
 
 #[test]
