@@ -590,6 +590,48 @@ fn second_mount_sees_writes_after_close() {
     drop(m2);
 }
 
+/// Close-to-open holds while a descriptor opened before the other mount's close is still open
+/// here: a new open sees the new contents, and so does the older descriptor from then on (as on
+/// NFS). The kernel sends a close to the mount in the background, so a process that closes a
+/// file and opens it again can have its open handled before its close: that open must not share
+/// the view of the descriptor it closed.
+#[test]
+fn an_open_sees_another_mounts_close_while_an_older_descriptor_is_open() {
+    let Some(c) = s3_cluster() else { return };
+    let m2 = c.new_mount();
+    let path = c.join("shared");
+    let old_bytes = random_bytes(41, (5 * MIB) as usize);
+    std::fs::write(&path, &old_bytes).expect("write the first version");
+    let older = File::open(&path).expect("open the first version");
+    // Out of the kernel's cache (the write left it there), so that the read reaches the mount.
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advice call on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(older.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+    let mut head = vec![0u8; 4096];
+    older
+        .read_exact_at(&mut head, 0)
+        .expect("read the first version");
+    assert_eq!(head, old_bytes[..4096]);
+
+    // Same size, other bytes, written and closed through the other mount.
+    let new_bytes = random_bytes(42, (5 * MIB) as usize);
+    std::fs::write(m2.join("shared"), &new_bytes).expect("rewrite through the other mount");
+
+    let h = sha256_bytes(&new_bytes);
+    assert_file(&path, 5 * MIB, &h, "an open after the other mount's close");
+    let mut all = vec![0u8; new_bytes.len()];
+    older
+        .read_exact_at(&mut all, 0)
+        .expect("read through the older descriptor");
+    assert!(
+        all == new_bytes,
+        "the descriptor opened before reads other bytes than the file's after a newer open"
+    );
+    drop(older);
+    drop(m2);
+}
+
 /// fallocate: mode 0 makes the file long enough (the new range reads as zeros, data before it is
 /// kept) and never shrinks it; KEEP_SIZE is accepted and changes nothing; punching a hole is
 /// refused with EOPNOTSUPP.

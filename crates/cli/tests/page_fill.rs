@@ -255,13 +255,18 @@ fn one_random_read_hands_the_kernel_the_file(mount_args: &[&str]) -> Option<Clus
         stamp_of(at / PAGE + i as u64, page, "the read");
     }
     let want = (len / PAGE) as usize;
-    let filled = wait_until(Duration::from_secs(20), || {
+    wait_until(Duration::from_secs(20), || {
         resident_pages(&f, 0, len) == want
     });
+    // All of them, but for a few the kernel may have reclaimed since they were handed over: a
+    // full test run leaves the host's memory full of page cache, and pages handed over but not
+    // read yet sit on the kernel's inactive list, where reclaim takes them 32 at a time (one run
+    // found 8159 of 8192). Without the fill, the read alone brings in 32.
+    let resident = resident_pages(&f, 0, len);
     assert!(
-        filled,
-        "after one random 128 KiB read, {} of the {want} pages of the file are in the page cache",
-        resident_pages(&f, 0, len)
+        resident >= want - want / 16,
+        "after one random 128 KiB read, {resident} of the {want} pages of the file are in the \
+         page cache"
     );
     let mut page = vec![0u8; PAGE as usize];
     for n in (0..len / PAGE).step_by(97) {
