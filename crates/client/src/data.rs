@@ -1801,9 +1801,9 @@ impl Client {
         self: &Arc<Self>,
         ino: Ino,
         r: BlockRef,
-        start: u64,
-        end: u64,
+        (start, end): (u64, u64),
         file_size: u64,
+        ticket: Option<Ticket>,
     ) -> Result<(Bytes, u64), RpcError> {
         let whole = (ino, r.index, r.version, WHOLE);
         if let Some(b) = self.cache.get(&whole) {
@@ -1817,7 +1817,7 @@ impl Client {
         let missing_from = frames.iter().position(Option::is_none);
         let missing_to = frames.iter().rposition(Option::is_none);
         if let (Some(lo), Some(hi)) = (missing_from, missing_to) {
-            self.fill_block(ino, r, file_size);
+            self.fill_block(ino, r, file_size, ticket);
             let (lo, hi) = (first + lo as u64, first + hi as u64);
             let block_len = u64::from(r.len);
             let span = lo * FRAME..((hi + 1) * FRAME).min(block_len);
@@ -1872,7 +1872,8 @@ impl Client {
     /// disk cache, reads the whole block in the background (into the memory cache, as
     /// read-ahead does, and into the disk cache), so that the block's next reads are local and
     /// the read's page fill can hand the kernel the whole block ([`Client::block_fill`]); the
-    /// read that calls this does not wait for it. At most one read per block, and at most
+    /// read that calls this does not wait for it. In a file that is copied to the kernel whole,
+    /// the block goes to the kernel instead, with the read's `ticket`. At most one read per block, and at most
     /// [`DISK_FILLS`] at once: when all are busy the block is skipped, and its next random read
     /// that misses memory tries again. A file small beside the disk cache is also copied in
     /// whole ([`Client::warm_file`]). Without a disk cache, a file the kernel may be handed whole
@@ -1881,25 +1882,33 @@ impl Client {
     /// file read at random 128 KiB at a time stayed at 70-260 ranged reads a second for as long
     /// as it was read, where s3fs, copying it into a file of its own, reached the speed of
     /// memory in 5 s.
-    fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64) {
+    fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64, ticket: Option<Ticket>) {
+        let mut to = FillTo::Memory;
         match self.store.cache() {
             Some(cache) => {
                 if size <= cache.capacity() / WARM_SHARE {
                     self.warm_file(ino);
+                    // The copy hands such a file to the kernel block by block: the block read
+                    // now goes first, the same way (read into the memory cache instead, the
+                    // copy skipped it as under way, and it reached the kernel only if the read's
+                    // own fill found it still there).
+                    if let Some(ticket) = ticket.filter(|_| self.copied_to_kernel(size)) {
+                        to = FillTo::Kernel(ticket, size);
+                    }
                 }
                 if self.store.is_cached(&self.key(ino, r.index, r.version)) {
                     return;
                 }
             }
             None => {
-                if size <= self.block_fill_max && self.fill_sink.get().is_some() {
+                if self.handed_whole(size) {
                     self.warm_file(ino);
                 }
                 return;
             }
         }
         if let Ok(permit) = Arc::clone(&self.fills).try_acquire_owned() {
-            self.spawn_fill(ino, r, permit, FillTo::Memory);
+            self.spawn_fill(ino, r, permit, to);
         }
     }
 
@@ -1981,9 +1990,10 @@ impl Client {
         if handed.contains(&(r.index, r.version)) {
             return None;
         }
+        // A block being read for the kernel is offered by that read.
         let local = self.cache.contains_key(&(ino, r.index, r.version, WHOLE))
             || self.store.is_cached(&self.key(ino, r.index, r.version))
-            || self.is_filling(ino, r);
+            || (self.is_filling(ino, r) && !self.copied_to_kernel(size));
         if !local {
             return None;
         }
@@ -2021,6 +2031,21 @@ impl Client {
         }
         self.not_handed(ino, [r]);
         None
+    }
+
+    /// Whether the kernel may be handed a file of `size` bytes whole, block by block.
+    fn handed_whole(&self, size: u64) -> bool {
+        size <= self.block_fill_max && self.fill_sink.get().is_some()
+    }
+
+    /// Whether a file of `size` bytes read at random is copied whole to the kernel
+    /// ([`Client::warm_file`]), so that its blocks' background reads hand them over themselves.
+    fn copied_to_kernel(&self, size: u64) -> bool {
+        self.handed_whole(size)
+            && self
+                .store
+                .cache()
+                .is_none_or(|c| size <= c.capacity() / WARM_SHARE)
     }
 
     /// Whether a background read of block `r` of `ino` is under way.
@@ -2094,7 +2119,8 @@ impl Client {
                 // A file the kernel may hold whole gets each block as it is copied, with a
                 // ticket taken with the refs; the reader then reaches the speed of memory as the
                 // copy ends, without a miss per block first.
-                let ticket = (inner.size <= self.block_fill_max && self.fill_sink.get().is_some())
+                let ticket = self
+                    .handed_whole(inner.size)
                     .then(|| self.page_fills.ticket(ino))
                     .flatten();
                 let fill_to = ticket.map_or(FillTo::Disk, |t| FillTo::Kernel(t, inner.size));
@@ -2278,7 +2304,7 @@ impl Client {
                         (b.slice(..(r.len as usize).min(b.len())), 0, Some(r))
                     }
                     Src::Part(r, from, to) => {
-                        let (b, at) = me.fetch_range(ino, r, from, to, size).await?;
+                        let (b, at) = me.fetch_range(ino, r, (from, to), size, ticket).await?;
                         (b, at, Some(r))
                     }
                 };
