@@ -318,10 +318,17 @@ impl Drop for Cluster {
             ));
         }
         if failing {
+            let kept = std::env::var("CAIRN_KEEP_FAILED").is_ok_and(|v| v == "1");
             eprintln!(
-                "testkit: {} failed; logs under {}",
+                "testkit: {} failed; logs under {}{}",
                 self.name,
-                self.dir.path().display()
+                self.dir.path().display(),
+                if kept {
+                    ""
+                } else {
+                    " (their last lines below; the folder goes with the test: \
+                     CAIRN_KEEP_FAILED=1 keeps it)"
+                }
             );
             self.print_logs(40);
         }
