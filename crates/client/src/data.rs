@@ -1873,15 +1873,15 @@ impl Client {
     /// read-ahead does, and into the disk cache), so that the block's next reads are local and
     /// the read's page fill can hand the kernel the whole block ([`Client::block_fill`]); the
     /// read that calls this does not wait for it. In a file that is copied to the kernel whole,
-    /// the block goes to the kernel instead, with the read's `ticket`. At most one read per block, and at most
-    /// [`DISK_FILLS`] at once: when all are busy the block is skipped, and its next random read
-    /// that misses memory tries again. A file small beside the disk cache is also copied in
-    /// whole ([`Client::warm_file`]). Without a disk cache, a file the kernel may be handed whole
-    /// ([`Client::block_fill_max`]) is copied in whole, to the kernel: there the kernel's page
-    /// cache is the one place a file larger than the memory cache is kept whole, and a 2 GiB
-    /// file read at random 128 KiB at a time stayed at 70-260 ranged reads a second for as long
-    /// as it was read, where s3fs, copying it into a file of its own, reached the speed of
-    /// memory in 5 s.
+    /// the block goes to the kernel instead, with the read's `ticket`. At most one read per
+    /// block, and at most [`DISK_FILLS`] at once: when all are busy the block is skipped, and its
+    /// next random read that misses memory tries again. A file small beside the disk cache is
+    /// also copied in whole ([`Client::warm_file`]). Without a disk cache, a file the kernel may
+    /// be handed whole ([`Client::block_fill_max`]) is copied in whole, to the kernel: there the
+    /// kernel's page cache is the one place a file larger than the memory cache is kept whole,
+    /// and a 2 GiB file read at random 128 KiB at a time stayed at 70-260 ranged reads a second
+    /// for as long as it was read, where s3fs, copying it into a file of its own, reached the
+    /// speed of memory in 5 s.
     fn fill_block(self: &Arc<Self>, ino: Ino, r: BlockRef, size: u64, ticket: Option<Ticket>) {
         let mut to = FillTo::Memory;
         match self.store.cache() {
