@@ -603,11 +603,7 @@ fn an_open_sees_another_mounts_close_while_an_older_descriptor_is_open() {
     let old_bytes = random_bytes(41, (5 * MIB) as usize);
     std::fs::write(&path, &old_bytes).expect("write the first version");
     let older = File::open(&path).expect("open the first version");
-    // Out of the kernel's cache (the write left it there), so that the read reaches the mount.
-    use std::os::fd::AsRawFd;
-    // SAFETY: an advice call on an open descriptor.
-    let rc = unsafe { libc::posix_fadvise(older.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise");
+    drop_cached_pages(&older);
     let mut head = vec![0u8; 4096];
     older
         .read_exact_at(&mut head, 0)

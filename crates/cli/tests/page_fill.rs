@@ -409,15 +409,6 @@ fn fills_never_undo_a_truncate() {
     c.assert_no_panics();
 }
 
-/// Drop the kernel's cached pages of `f` (they were cached by the write that made it), so that
-/// reads reach the mount.
-fn drop_cached_pages(f: &File) {
-    use std::os::fd::AsRawFd;
-    // SAFETY: an advice call on an open descriptor.
-    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
-    assert_eq!(rc, 0, "posix_fadvise");
-}
-
 /// Another mount rewrites the file while a descriptor here, opened before, reads it at random
 /// (offering fills of the old bytes) and then closes: an open here right after sees only the
 /// new bytes (close-to-open), whatever fills of the old ones were still on their way.

@@ -897,7 +897,7 @@ impl Client {
         }
         if open {
             // A created file is open for writing.
-            self.track_open(&a, false, 0).await;
+            self.track_open(&a, None).await;
             self.page_fills.writer_opened(a.ino).await;
         }
         Ok(a)
@@ -1176,14 +1176,14 @@ impl Client {
 
     /// Count an open of the file `attr` describes, and give it the server's current size and
     /// block map (close-to-open) unless this mount has changes of it to commit. An open while the
-    /// file is open here already gets them too when `newer` (the server has another version than
-    /// the one this mount last opened) and no commit of this mount landed since the count stood
-    /// at `before` (the server's answer could predate it): the earlier opens then see the new
-    /// contents as well, as on NFS. The kernel sends the close of a descriptor (`RELEASE`) in
-    /// the background, so it can arrive after the next open: were an open while one is still
-    /// counted to share the older view, a process that closes and reopens a file another mount
-    /// rewrote would read the old bytes.
-    async fn track_open(&self, attr: &Attr, newer: bool, before: u64) {
+    /// file is open here already gets them too when the server has another version than the one
+    /// this mount last opened (`newer_since`: the commit count when the open's request went out)
+    /// and no commit of this mount landed since (the server's answer could predate it): the
+    /// earlier opens then see the new contents as well, as on NFS. The kernel sends the close of
+    /// a descriptor (`RELEASE`) in the background, so it can arrive after the next open: were an
+    /// open while one is still counted to share the older view, a process that closes and
+    /// reopens a file another mount rewrote would read the old bytes.
+    async fn track_open(&self, attr: &Attr, newer_since: Option<u64>) {
         // A close may drop the state between our finding it and locking it: then it is no longer
         // the one in `files`, and we look again.
         loop {
@@ -1203,7 +1203,8 @@ impl Client {
             if !self.file(attr.ino).is_some_and(|now| Arc::ptr_eq(&now, &f)) {
                 continue;
             }
-            let refresh = inner.opens == 0 || (newer && inner.last_commit <= before);
+            let refresh =
+                inner.opens == 0 || newer_since.is_some_and(|before| inner.last_commit <= before);
             if refresh && !inner.changed && inner.dirty.is_empty() && inner.pending.is_empty() {
                 // Close-to-open: a fresh open sees the server's current size and block map.
                 inner.size = attr.size;
@@ -1226,7 +1227,7 @@ impl Client {
         let mut unchanged = false;
         if attr.kind == FileKind::File {
             unchanged = self.saw(&attr) == Some(version(&attr));
-            self.track_open(&attr, !unchanged, before).await;
+            self.track_open(&attr, (!unchanged).then_some(before)).await;
             // Before the kernel lets a writer in, or drops its pages of an older version.
             if writable {
                 self.page_fills.writer_opened(ino).await;
@@ -1993,7 +1994,7 @@ impl Client {
         // A block being read for the kernel is offered by that read.
         let local = self.cache.contains_key(&(ino, r.index, r.version, WHOLE))
             || self.store.is_cached(&self.key(ino, r.index, r.version))
-            || (self.is_filling(ino, r) && !self.copied_to_kernel(size));
+            || (!self.copied_to_kernel(size) && self.is_filling(ino, r));
         if !local {
             return None;
         }

@@ -318,7 +318,7 @@ impl Drop for Cluster {
             ));
         }
         if failing {
-            let kept = std::env::var("CAIRN_KEEP_FAILED").is_ok_and(|v| v == "1");
+            let kept = crate::util::keep_failed();
             eprintln!(
                 "testkit: {} failed; logs under {}{}",
                 self.name,

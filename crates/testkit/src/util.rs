@@ -72,11 +72,15 @@ impl TestDir {
     }
 }
 
+/// Whether the folders of failing tests are kept (`CAIRN_KEEP_FAILED=1`).
+pub(crate) fn keep_failed() -> bool {
+    std::env::var("CAIRN_KEEP_FAILED").is_ok_and(|v| v == "1")
+}
+
 impl Drop for TestDir {
     fn drop(&mut self) {
         let keep = std::env::var("CAIRN_KEEP_TEST_DIRS").is_ok_and(|v| v == "1")
-            || (std::thread::panicking()
-                && std::env::var("CAIRN_KEEP_FAILED").is_ok_and(|v| v == "1"));
+            || (std::thread::panicking() && keep_failed());
         for m in mounts_under(&self.path) {
             eprintln!(
                 "testkit: {} still mounted at cleanup; umount -l",

@@ -145,6 +145,15 @@ pub fn removexattr(p: &Path, name: &str) -> io::Result<()> {
     check(unsafe { libc::removexattr(p.as_ptr(), n.as_ptr()) })
 }
 
+/// Drop the kernel's cached pages of `f` (a write through the mount leaves them there), so that
+/// reads reach the mount.
+pub fn drop_cached_pages(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an advice call on an open descriptor.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0, "posix_fadvise");
+}
+
 /// truncate(2) by path.
 pub fn truncate(p: &Path, len: u64) -> io::Result<()> {
     let p = cpath(p);
