@@ -967,8 +967,12 @@ impl DiskCache {
         Ok(())
     }
 
-    /// [`DiskCache::write_file`] with `O_DIRECT`: `stored` copied into a page-aligned buffer,
-    /// written padded to a whole page, and the file cut back to its length.
+    /// [`DiskCache::write_file`] with `O_DIRECT`, written padded to a whole page and the file
+    /// cut back to its length. The whole pages of `stored` go to the disk from where they are
+    /// when it starts on a page (blocks fetched into the buffer pool do: large allocations are
+    /// page-aligned); the rest, or all of an unaligned `stored`, is copied into a page-aligned
+    /// buffer first. That copy was a ninth of the mount's CPU in a cold sequential read
+    /// (docs/benchmarks.md, data item 37).
     fn write_direct(&self, tmp: &Path, stored: &[u8]) -> io::Result<File> {
         let mut f = OpenOptions::new()
             .write(true)
@@ -976,16 +980,26 @@ impl DiskCache {
             .truncate(true)
             .custom_flags(libc::O_DIRECT)
             .open(tmp)?;
-        let padded = stored.len().next_multiple_of(DIRECT_ALIGN);
+        let in_place = if stored.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
+            stored.len() - stored.len() % DIRECT_ALIGN
+        } else {
+            0
+        };
+        f.write_all(&stored[..in_place])?;
+        let rest = &stored[in_place..];
+        if rest.is_empty() {
+            return Ok(f);
+        }
+        let padded = rest.len().next_multiple_of(DIRECT_ALIGN);
         let mut buf = self.direct_buffer(padded);
         let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
         let page = &mut buf[at..at + padded];
-        page[..stored.len()].copy_from_slice(stored);
-        page[stored.len()..].fill(0);
+        page[..rest.len()].copy_from_slice(rest);
+        page[rest.len()..].fill(0);
         let written = f.write_all(page);
         self.return_direct_buffer(buf);
         written?;
-        if padded != stored.len() {
+        if padded != rest.len() {
             f.set_len(stored.len() as u64)?;
         }
         Ok(f)
@@ -1112,10 +1126,21 @@ mod tests {
         assert_eq!(free_space_margin(100 << 30), 1 << 30);
     }
 
+    /// `data` in a buffer that starts on a page.
+    fn page_aligned(data: &[u8]) -> Bytes {
+        let mut buf = Vec::<u8>::with_capacity(data.len() + DIRECT_ALIGN);
+        let at = buf.as_ptr().align_offset(DIRECT_ALIGN);
+        buf.resize(at, 0);
+        buf.extend_from_slice(data);
+        let bytes = Bytes::from(buf).slice(at..);
+        assert_eq!(bytes.as_ptr().align_offset(DIRECT_ALIGN), 0);
+        bytes
+    }
+
     /// Entries of every length round-trip byte for byte, written directly (padded to a page,
-    /// then cut back) and through the page cache alike, clean and staged, also when the
-    /// filesystem refuses direct writes; the buffers kept for direct writes stay within their
-    /// bound, and nothing is left in tmp/.
+    /// then cut back; from a buffer that starts on a page or not) and through the page cache
+    /// alike, clean and staged, also when the filesystem refuses direct writes; the buffers kept
+    /// for direct writes stay within their bound, and nothing is left in tmp/.
     #[tokio::test]
     async fn entries_of_any_length_round_trip_direct_or_not() {
         let dir = tempfile::tempdir().unwrap();
@@ -1127,7 +1152,14 @@ mod tests {
                 let (clean, staged) = (format!("c{direct}{i}"), format!("s{direct}{i}"));
                 if direct {
                     cache.keep_behind(&clean, Bytes::from(data.clone())).await;
+                    // Starting on a page: its whole pages are written from where they are.
+                    let aligned = format!("a{i}");
+                    cache.keep_behind(&aligned, page_aligned(&data)).await;
                     cache.settle().await;
+                    let (got, _) = cache.get(&aligned).await.expect("the entry is there");
+                    assert!(got == data, "{aligned}: other bytes came back");
+                    let on_disk = fs::metadata(cache.file(State::Clean, &aligned)).unwrap();
+                    assert_eq!(on_disk.len(), len as u64, "{aligned}");
                 } else {
                     assert!(cache.insert(&clean, Bytes::from(data.clone())).await);
                 }
