@@ -3,7 +3,8 @@
 //! mount starts again; the disk cache serves reads while the store is down; a mount without
 //! `--cache-dir` has a default folder of its own (`--no-disk-cache`: none); random reads fill
 //! the disk cache with whole blocks in the background, and later reads of them need no bucket;
-//! `--readahead` bounds how far ahead of a sequential reader blocks are fetched.
+//! `--readahead` bounds how far ahead of a sequential reader blocks are fetched; when the cache's
+//! disk fills up, writes go straight to the store and nothing acknowledged is lost.
 
 mod common;
 
@@ -508,4 +509,144 @@ fn readahead_reads_ahead_as_far_as_the_flag_allows() {
             "--readahead {readahead}: {n} blocks fetched for three blocks read, expected {fewest} to {most}"
         );
     }
+}
+
+/// A small tmpfs of its own for a test's disk cache, unmounted when dropped (declare it before
+/// the cluster, so that the mount is gone first).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: &Path, size: &str) -> SmallDisk {
+        fs::create_dir_all(at).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount a tmpfs: {out:?}");
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Writes a file into the disk until it is full; returns it.
+    fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = fs::File::create(&filler).expect("create the filler");
+        for chunk in [1 << 20, 4096] {
+            let buf = vec![7u8; chunk];
+            loop {
+                match f.write(&buf) {
+                    Ok(n) if n == buf.len() => {}
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("fill the disk: {e}"),
+                }
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        lazy_unmount(&self.0);
+    }
+}
+
+/// The disk of the cache fills up (another program takes all its space) in the middle of a
+/// writeback workload: the writes that follow still succeed, their blocks uploaded directly,
+/// and the mount's log says so and why; after kill -9 of the mount (right after the last close,
+/// no fsync) and a start on the still full disk, every file reads back byte for byte, also
+/// through a mount without a cache.
+#[test]
+fn a_full_cache_disk_sends_blocks_straight_to_the_store() {
+    if !require_fuse() {
+        return;
+    }
+    let root = test_dir("writeback-full-disk");
+    let disk = SmallDisk::mount(&root.path().join("disk"), "48m");
+    let cache = disk.0.join("cache").display().to_string();
+    let mut c = Cluster::s3(bin())
+        .mount_args(&[
+            "--cache-dir",
+            &cache,
+            "--cache-disk-size",
+            "64MiB",
+            "--writeback",
+        ])
+        .start();
+    // (name, length, seed): 3 blocks before the disk fills, 10 after.
+    let before = [("before", 9 * MIB + 5, 21)];
+    let after = [
+        ("after-1", 16 * MIB, 22),
+        ("after-2", 12 * MIB + 1, 23),
+        ("after-3", 11 * MIB, 24),
+        ("after-small", 3000, 25),
+    ];
+    let mut hashes = Vec::new();
+    for &(name, len, seed) in &before {
+        let path = c.join(name);
+        let hash = within(
+            Duration::from_secs(60),
+            "write before the disk fills",
+            move || write_random_file(&path, seed, len, true),
+        );
+        hashes.push((
+            name,
+            len,
+            hash.unwrap_or_else(|e| panic!("write {name}: {e}")),
+        ));
+    }
+
+    disk.fill();
+    for &(name, len, seed) in &after {
+        let path = c.join(name);
+        let hash = within(Duration::from_secs(60), "write on a full disk", move || {
+            write_random_file(&path, seed, len, false)
+        });
+        hashes.push((
+            name,
+            len,
+            hash.unwrap_or_else(|e| panic!("write {name} with the cache's disk full: {e}")),
+        ));
+    }
+    c.mount_mut().kill();
+    let log = fs::read_to_string(c.mount().log()).expect("mount log");
+    assert!(
+        log.contains("cannot stage blocks in the disk cache; uploading them directly")
+            && log.contains("nearly full"),
+        "the mount log says the blocks go straight to the store, and why:\n{log}"
+    );
+
+    c.remount();
+    for (name, len, hash) in &hashes {
+        let (path, len, hash) = (c.join(name), *len, hash.clone());
+        within(Duration::from_secs(60), "read back", move || {
+            assert_file(
+                &path,
+                len,
+                &hash,
+                "after kill -9 and a start on the full disk",
+            )
+        });
+    }
+    let plain_mp = c.dir().join("plain");
+    fs::create_dir(&plain_mp).expect("mkdir");
+    let plain = Mount::start_with(
+        c.bin(),
+        c.volume(),
+        &plain_mp,
+        &c.meta().addr(),
+        c.store_args(),
+        &["--no-disk-cache"],
+    );
+    for (name, len, hash) in &hashes {
+        assert_file(
+            &plain.path().join(name),
+            *len,
+            hash,
+            "through a mount without the cache",
+        );
+    }
+    drop(plain);
 }
