@@ -742,3 +742,124 @@ print(f"{r} {time.monotonic() - t:.3f}", flush=True)
     assert_eq!(list(c.path()), vec!["after", "before", "made-while-down"]);
     short.stop();
 }
+
+/// The metadata server's disk fills up (another program takes all its space) under a writer of
+/// large xattrs, then space comes back. While it is full: every operation that returned is kept,
+/// the ones that cannot be kept fail with ENOSPC (not EIO), reads go on, and the server logs the
+/// failed checkpoint once, not once per commit. Once space is back, writes work and checkpoints
+/// resume without a restart (the log says so); after kill -9 and a restart every acknowledged
+/// file and xattr is there.
+#[test]
+fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
+    if !require_fuse() {
+        return;
+    }
+    let dir = test_dir("meta-full-disk");
+    let _watchdog = Watchdog::start(dir.path(), Duration::from_secs(240), "meta full disk");
+    // The data folder is the tmpfs itself, so that the server's log (beside it) is not on it.
+    let disk = SmallDisk::mount(&dir.path().join("meta"), "160m");
+    let mut meta = MetaServer::start(&bin(), &disk.0, "vol", &["--sync"]);
+    let mp = dir.subdir("mnt");
+    let mount = Mount::start_with(
+        &bin(),
+        "vol",
+        &mp,
+        &meta.addr(),
+        &StoreArgs::file(&dir.subdir("blocks")),
+        &["--no-disk-cache"],
+    );
+    let value = |i: usize| {
+        let tag = format!("value {i} ");
+        tag.repeat(60_000 / tag.len()).into_bytes()
+    };
+    // Create `name` and give it a 60 KB xattr; an error is returned as is.
+    let put = |name: &str, i: usize| -> std::io::Result<()> {
+        let p = mp.join(name);
+        fs::File::create(&p)?;
+        setxattr(&p, "user.v", &value(i), 0)
+    };
+    let mut kept = Vec::new();
+    for i in 0..20 {
+        let name = format!("before.{i}");
+        put(&name, i).unwrap_or_else(|e| panic!("{name}: {e}"));
+        kept.push((name, i));
+    }
+
+    let filler = disk.fill();
+    let mut refused = None;
+    for i in 20..3000 {
+        let name = format!("full.{i}");
+        match put(&name, i) {
+            Ok(()) => kept.push((name, i)),
+            Err(e) => {
+                refused = Some((name, e));
+                break;
+            }
+        }
+    }
+    let (name, e) = refused.expect("3000 xattrs of 60 KB on a full disk: one must be refused");
+    assert_eq!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC),
+        "{name} on a full metadata disk: {e}"
+    );
+    // Reads go on: the names and values acknowledged so far.
+    let names: BTreeSet<String> = list(&mp).into_iter().collect();
+    for (name, _) in &kept {
+        assert!(
+            names.contains(name),
+            "{name} is listed while the disk is full"
+        );
+    }
+    assert_eq!(
+        getxattr(&mp.join("before.3"), "user.v").expect("getxattr"),
+        value(3)
+    );
+    let log = fs::read_to_string(meta.log()).expect("server log");
+    let failed = log
+        .matches("checkpoint of the metadata database failed")
+        .count();
+    assert_eq!(
+        failed,
+        1,
+        "one line for the failed checkpoints, not one per commit:\n{}",
+        tail(meta.log(), 20)
+    );
+    assert!(
+        log.contains("no space left on the metadata server's disk"),
+        "the refused commits say why:\n{}",
+        tail(meta.log(), 20)
+    );
+
+    fs::remove_file(filler).expect("free the disk");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut i = 3000;
+    while !fs::read_to_string(meta.log())
+        .expect("server log")
+        .contains("checkpoints of the metadata database work again")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "checkpoints did not resume within 90 s of space coming back:\n{}",
+            tail(meta.log(), 20)
+        );
+        let name = format!("after.{i}");
+        put(&name, i).unwrap_or_else(|e| panic!("{name} with space back: {e}"));
+        kept.push((name, i));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    meta.kill();
+    meta.restart();
+    for (name, i) in &kept {
+        assert_eq!(
+            getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
+            value(*i),
+            "{name} after kill -9 and a restart of the server"
+        );
+    }
+    assert_no_panics_in(&[meta.log().to_path_buf()]);
+    drop(mount);
+    drop(meta);
+}

@@ -511,48 +511,6 @@ fn readahead_reads_ahead_as_far_as_the_flag_allows() {
     }
 }
 
-/// A small tmpfs of its own for a test's disk cache, unmounted when dropped (declare it before
-/// the cluster, so that the mount is gone first).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: &Path, size: &str) -> SmallDisk {
-        fs::create_dir_all(at).expect("mkdir");
-        let out = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(at)
-            .output()
-            .expect("run mount");
-        assert!(out.status.success(), "mount a tmpfs: {out:?}");
-        SmallDisk(at.to_path_buf())
-    }
-
-    /// Writes a file into the disk until it is full; returns it.
-    fn fill(&self) -> PathBuf {
-        use std::io::Write;
-        let filler = self.0.join("filler");
-        let mut f = fs::File::create(&filler).expect("create the filler");
-        for chunk in [1 << 20, 4096] {
-            let buf = vec![7u8; chunk];
-            loop {
-                match f.write(&buf) {
-                    Ok(n) if n == buf.len() => {}
-                    Ok(_) => break,
-                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
-                    Err(e) => panic!("fill the disk: {e}"),
-                }
-            }
-        }
-        filler
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        lazy_unmount(&self.0);
-    }
-}
-
 /// The disk of the cache fills up (another program takes all its space) in the middle of a
 /// writeback workload: the writes that follow still succeed, their blocks uploaded directly,
 /// and the mount's log says so and why; after kill -9 of the mount (right after the last close,

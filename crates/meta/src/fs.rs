@@ -16,7 +16,12 @@ pub type FsResult<T> = Result<T, RpcError>;
 
 impl From<StoreError> for RpcError {
     fn from(e: StoreError) -> Self {
-        RpcError::new(ErrorCode::Io, e.0)
+        let code = if e.is_no_space() {
+            ErrorCode::NoSpace
+        } else {
+            ErrorCode::Io
+        };
+        RpcError::new(code, e.0)
     }
 }
 

@@ -114,7 +114,14 @@ impl RedoLog {
     /// Start over from the beginning, after a checkpoint made every record redundant. Record
     /// numbers go on from where they were, so the old records left behind the new ones are not
     /// taken for their continuation.
+    /// A log that grew past its preallocated size (checkpoints failing meanwhile) is cut back to
+    /// it, giving the disk its space again.
     pub fn restart(&mut self, next_seq: u64) {
+        if self.file.metadata().is_ok_and(|m| m.len() > CAPACITY) {
+            if let Err(e) = self.file.set_len(CAPACITY) {
+                tracing::debug!(path = %self.path.display(), "cannot shorten the redo log: {e}");
+            }
+        }
         self.pos = 0;
         self.next_seq = self.next_seq.max(next_seq);
         self.unsynced = false;

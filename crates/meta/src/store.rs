@@ -44,7 +44,12 @@
 //!
 //! Only one checkpoint runs at a time. If its redb commit fails, the memtable keeps the data
 //! (`frozen` stays readable and is applied again by the next checkpoint) and the log keeps the
-//! records, so nothing is lost.
+//! records, so nothing is lost. A failed write leaves redb refusing every later one (and some
+//! reads) until the database is closed and opened again, so the failed checkpoint does that at
+//! once, or, while a read holds the database, its next user does (at most every second).
+//! Checkpoints are then retried after 1 s, doubling to 30 s, not at every commit; the first failure is logged with its reason, and the recovery once. Meanwhile the
+//! log grows past its preallocated size and the memtable with it: a disk that stays full ends
+//! in commits failing with the log's own ENOSPC, and the acknowledged ones are all in the log.
 //!
 //! **Lock rule.** A reader takes the memtable's read lock *first*, then begins its redb read
 //! transaction, and holds the lock for its whole read; a checkpoint removes `frozen` only under
@@ -78,7 +83,7 @@ use crate::redo::{self, RedoLog};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use std::cell::OnceCell;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -87,6 +92,17 @@ use std::time::{Duration, Instant};
 #[derive(Debug, thiserror::Error)]
 #[error("metadata store: {0}")]
 pub struct StoreError(pub String);
+
+/// How a failure for lack of disk space begins (see [`StoreError::is_no_space`]).
+const NO_SPACE: &str = "no space left on the metadata server's disk";
+
+impl StoreError {
+    /// Whether the server's disk was full: clients get ENOSPC for it, which tells the user what
+    /// to do, rather than EIO.
+    pub fn is_no_space(&self) -> bool {
+        self.0.starts_with(NO_SPACE)
+    }
+}
 
 macro_rules! store_err {
     ($($t:ty),*) => {$(
@@ -249,7 +265,16 @@ pub trait MetaStore: Send + Sync + 'static {
 /// it that makes commits durable and a memtable in front of it (see the module doc, "Logged
 /// mode").
 pub struct RedbStore {
-    db: redb::Database,
+    /// The database; `None` only while a reopen after a failed write has not worked yet (see
+    /// the module doc).
+    db: RwLock<Option<Arc<redb::Database>>>,
+    path: PathBuf,
+    /// Set by a failed checkpoint: redb must be opened again before it is used.
+    reopen: AtomicBool,
+    /// When a reopen was last tried.
+    last_reopen: Mutex<Option<Instant>>,
+    /// Checkpoints failing since, and when the next may try.
+    failing: Mutex<Option<Failing>>,
     sync: bool,
     dirty: AtomicBool,
     log: Option<Logged>,
@@ -268,6 +293,21 @@ struct Logged {
     /// Held by the one checkpoint running (and by a backup while it takes its snapshot).
     checkpointing: Mutex<()>,
 }
+
+/// A run of failed checkpoints (see the module doc).
+struct Failing {
+    since: Instant,
+    attempts: u32,
+    wait: Duration,
+    next_try: Instant,
+}
+
+/// Least time between two tries to open the database again after a failed write.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+
+/// First and longest wait between failed checkpoints.
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MOST: Duration = Duration::from_secs(30);
 
 struct LogState {
     log: RedoLog,
@@ -331,23 +371,18 @@ impl RedbStore {
     /// checks). With `sync`, every commit is fsync'd before it returns; without, commits are
     /// durable at the next [`MetaStore::flush`].
     pub fn open(path: &Path, sync: bool) -> Result<Self, StoreError> {
-        let db = redb::Database::builder()
-            .set_cache_size(256 << 20)
-            .create(path)
-            .map_err(|e| match e {
-                redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
-                    "{} is already open in another process",
-                    path.display()
-                )),
-                e => StoreError(format!("open {}: {e}", path.display())),
-            })?;
+        let db = open_db(path)?;
         let txn = db.begin_write()?;
         for t in Table::ALL {
             txn.open_table(t.def())?;
         }
         txn.commit()?;
         Ok(RedbStore {
-            db,
+            db: RwLock::new(Some(Arc::new(db))),
+            path: path.to_path_buf(),
+            reopen: AtomicBool::new(false),
+            last_reopen: Mutex::new(None),
+            failing: Mutex::new(None),
             sync,
             dirty: AtomicBool::new(false),
             log: None,
@@ -362,8 +397,17 @@ impl RedbStore {
     /// memtable and applied to the database by checkpoints (see the module doc).
     pub fn open_logged(path: &Path, log: &Path, sync: bool) -> Result<Self, StoreError> {
         let mut store = Self::open(path, sync)?;
-        let (mut redo, records) = RedoLog::open(log)
-            .map_err(|e| StoreError(format!("open the redo log {}: {e}", log.display())))?;
+        let (mut redo, records) = RedoLog::open(log).map_err(|e| {
+            let hint = if e.kind() == std::io::ErrorKind::StorageFull {
+                format!(
+                    "; it takes {} MiB on that disk: free space there",
+                    redo::CAPACITY >> 20
+                )
+            } else {
+                String::new()
+            };
+            StoreError(format!("open the redo log {}: {e}{hint}", log.display()))
+        })?;
         let checkpoint = store.checkpoint_seq()?;
         let todo: Vec<_> = records.iter().filter(|r| r.seq > checkpoint).collect();
         let mut last = checkpoint;
@@ -378,7 +422,8 @@ impl RedbStore {
                     first.seq
                 )));
             }
-            let mut txn = store.db.begin_write()?;
+            let db = store.db()?;
+            let mut txn = db.begin_write()?;
             txn.set_durability(redb::Durability::Immediate)?;
             for r in &todo {
                 apply_write_set(&txn, &r.payload)?;
@@ -434,8 +479,102 @@ impl RedbStore {
         }
     }
 
+    /// The database, for one read or write (a reopen waits until no one holds it).
+    fn db(&self) -> Result<Arc<redb::Database>, StoreError> {
+        if self.reopen.load(Ordering::Acquire) {
+            // Until then redb may refuse reads too. A failure is left to the next try.
+            let _ = self.reopen_db();
+        }
+        self.db.read().clone().ok_or_else(|| {
+            StoreError(format!(
+                "the database {} is closed after a failed write and could not be opened again \
+                 yet (retried every second; check the server's log and the disk)",
+                self.path.display()
+            ))
+        })
+    }
+
+    /// Close the database and open it again, after a failed write (see the module doc); tried
+    /// at most every [`REOPEN_EVERY`].
+    fn reopen_db(&self) -> Result<(), StoreError> {
+        let mut slot = self.db.write();
+        if !self.reopen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        {
+            let mut last = self.last_reopen.lock();
+            if last.is_some_and(|t| t.elapsed() < REOPEN_EVERY) {
+                return Err(StoreError(
+                    "the database is to be opened again after a failed write".into(),
+                ));
+            }
+            *last = Some(Instant::now());
+        }
+        if slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
+            return Err(StoreError(
+                "the database must be opened again after a failed write, and a read still holds \
+                 it"
+                .into(),
+            ));
+        }
+        // Closed first: redb refuses a second open of a file this process holds.
+        *slot = None;
+        *slot = Some(Arc::new(open_db(&self.path).inspect_err(|e| {
+            tracing::debug!("cannot open the metadata database again yet: {e}");
+        })?));
+        self.reopen.store(false, Ordering::Release);
+        tracing::debug!(path = %self.path.display(), "opened the metadata database again after a failed write");
+        Ok(())
+    }
+
+    /// Whether checkpoints that are only due (not asked for) wait, after failures.
+    fn backing_off(&self) -> bool {
+        self.failing
+            .lock()
+            .as_ref()
+            .is_some_and(|f| Instant::now() < f.next_try)
+    }
+
+    /// Count a checkpoint's outcome: the first failure of a run and the recovery are logged.
+    fn note_checkpoint(&self, result: &Result<(), StoreError>) {
+        let mut failing = self.failing.lock();
+        match (result, failing.as_mut()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(f)) => {
+                tracing::info!(
+                    failed = f.attempts,
+                    secs = f.since.elapsed().as_secs(),
+                    "checkpoints of the metadata database work again"
+                );
+                *failing = None;
+            }
+            (Err(e), None) => {
+                tracing::warn!(
+                    path = %self.path.display(),
+                    "checkpoint of the metadata database failed: {e}; acknowledged commits stay \
+                     in the redo log and in memory, checkpoints are retried (up to every {}s): \
+                     if its disk is full, free space there",
+                    RETRY_MOST.as_secs()
+                );
+                let now = Instant::now();
+                *failing = Some(Failing {
+                    since: now,
+                    attempts: 1,
+                    wait: RETRY_FIRST,
+                    next_try: now + RETRY_FIRST,
+                });
+            }
+            (Err(e), Some(f)) => {
+                tracing::debug!(attempts = f.attempts, "checkpoint failed again: {e}");
+                f.attempts += 1;
+                f.wait = (f.wait * 2).min(RETRY_MOST);
+                f.next_try = Instant::now() + f.wait;
+            }
+        }
+    }
+
     fn checkpoint_seq(&self) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read()?;
+        let txn = self.db()?.begin_read()?;
         let t = txn.open_table(Table::Super.def())?;
         let v = t.get(keys::REDO_CHECKPOINT)?;
         Ok(v.and_then(|v| v.value().try_into().ok())
@@ -482,7 +621,7 @@ impl RedbStore {
         durable: bool,
         f: impl FnOnce(&mut dyn WriteTxn) -> Result<R, E>,
     ) -> Result<R, E> {
-        let mut txn = self.db.begin_write().map_err(StoreError::from)?;
+        let mut txn = self.db()?.begin_write().map_err(StoreError::from)?;
         let durability = if durable {
             redb::Durability::Immediate
         } else {
@@ -513,7 +652,7 @@ impl RedbStore {
         let mut w = LoggedWrite {
             mem: &lg.mem,
             frozen,
-            base: Snapshot::new(&self.db),
+            base: Snapshot::new(self),
             writes: Writes::new(),
         };
         let out = f(&mut w)?;
@@ -525,9 +664,15 @@ impl RedbStore {
         for ((t, k), v) in &writes {
             encode_write(&mut record, *t, k, v.as_deref());
         }
-        l.log
-            .append(&record)
-            .map_err(|e| StoreError(format!("append to the redo log: {e}")))?;
+        l.log.append(&record).map_err(|e| {
+            let full = e.kind() == std::io::ErrorKind::StorageFull;
+            let what = format!("append to the redo log {}: {e}", l.log.path().display());
+            StoreError(if full {
+                format!("{NO_SPACE}: {what}")
+            } else {
+                what
+            })
+        })?;
         if durable {
             self.sync_log(&mut l)?;
         }
@@ -539,17 +684,16 @@ impl RedbStore {
         let full = l.log.len() >= CHECKPOINT_BYTES;
         drop(l);
         // The commit itself is done (durable, visible): a checkpoint that fails leaves the data
-        // in memory and in the log, so it is reported here and not as the commit's failure.
-        if full {
-            if let Err(e) = self.checkpoint_full(lg, false) {
-                tracing::warn!("checkpoint of the full redo log failed (will retry): {e}");
-            }
-        } else if entries >= MEMTABLE_MAX_ENTRIES || bytes >= MEMTABLE_MAX_BYTES {
+        // in memory and in the log, so it is reported by `note_checkpoint` and not as the
+        // commit's failure.
+        if full && !self.backing_off() {
+            let _ = self.checkpoint_full(lg, false);
+        } else if (entries >= MEMTABLE_MAX_ENTRIES || bytes >= MEMTABLE_MAX_BYTES)
+            && !self.backing_off()
+        {
             // If a checkpoint is running already, the next commit checks again after it.
             if let Some(_running) = lg.checkpointing.try_lock() {
-                if let Err(e) = self.checkpoint_periodic(lg) {
-                    tracing::warn!("checkpoint of a full memtable failed (will retry): {e}");
-                }
+                let _ = self.checkpoint_periodic(lg);
             }
         }
         Ok(out)
@@ -636,8 +780,23 @@ impl RedbStore {
     /// Apply `layers` (oldest first) to redb in one synced transaction that records `upto` as
     /// the last log record the database holds.
     fn apply(&self, layers: &[&Writes], upto: u64) -> Result<(), StoreError> {
+        let result = self.try_apply(layers, upto);
+        if result.is_err() {
+            self.reopen.store(true, Ordering::Release);
+            *self.last_reopen.lock() = None;
+            let _ = self.reopen_db();
+        }
+        self.note_checkpoint(&result);
+        result
+    }
+
+    fn try_apply(&self, layers: &[&Writes], upto: u64) -> Result<(), StoreError> {
+        if self.reopen.load(Ordering::Acquire) {
+            self.reopen_db()?;
+        }
         let started = Instant::now();
-        let mut txn = self.db.begin_write()?;
+        let db = self.db()?;
+        let mut txn = db.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
         for rows in layers {
             // Rows are in table order: open each table once per layer.
@@ -690,6 +849,20 @@ impl Drop for RedbStore {
     }
 }
 
+/// Open (or create) the redb file at `path`.
+fn open_db(path: &Path) -> Result<redb::Database, StoreError> {
+    redb::Database::builder()
+        .set_cache_size(256 << 20)
+        .create(path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError(format!(
+                "{} is already open in another process",
+                path.display()
+            )),
+            e => StoreError(format!("open {}: {e}", path.display())),
+        })
+}
+
 /// Encode one put (`Some`) or delete (`None`) of a write set.
 fn encode_write(out: &mut Vec<u8>, table: Table, key: &[u8], value: Option<&[u8]>) {
     out.push(table.index());
@@ -738,17 +911,21 @@ struct RedbRead {
     /// Tables opened so far, by [`Table::index`]: opening one walks redb's table tree, and a
     /// commit reads the same few tables again and again.
     open: [OnceCell<RedbReadTable>; Table::ALL.len()],
+    /// Held for the read's whole life (dropped last), so that a reopen knows the database is
+    /// in use.
+    _db: Arc<redb::Database>,
 }
 
 /// A table open in a redb read transaction.
 type RedbReadTable = redb::ReadOnlyTable<&'static [u8], &'static [u8]>;
 
 impl RedbRead {
-    fn new(txn: redb::ReadTransaction) -> RedbRead {
-        RedbRead {
-            txn,
+    fn begin(db: Arc<redb::Database>) -> Result<RedbRead, StoreError> {
+        Ok(RedbRead {
+            txn: db.begin_read()?,
+            _db: db,
             open: Default::default(),
-        }
+        })
     }
 
     fn table(&self, table: Table) -> Result<&RedbReadTable, StoreError> {
@@ -840,14 +1017,14 @@ impl WriteTxn for RedbWrite {
 /// A redb read snapshot begun at the first read that reaches it (reads served by the memtable
 /// never pay for one). Lazy is consistent under the lock rule: see the module doc.
 struct Snapshot<'a> {
-    db: &'a redb::Database,
+    store: &'a RedbStore,
     txn: OnceCell<RedbRead>,
 }
 
 impl<'a> Snapshot<'a> {
-    fn new(db: &'a redb::Database) -> Self {
+    fn new(store: &'a RedbStore) -> Self {
         Snapshot {
-            db,
+            store,
             txn: OnceCell::new(),
         }
     }
@@ -856,7 +1033,7 @@ impl<'a> Snapshot<'a> {
         if let Some(t) = self.txn.get() {
             return Ok(t);
         }
-        let t = RedbRead::new(self.db.begin_read()?);
+        let t = RedbRead::begin(self.store.db()?)?;
         Ok(self.txn.get_or_init(|| t))
     }
 }
@@ -928,12 +1105,12 @@ impl MetaStore for RedbStore {
         f: impl FnOnce(&dyn ReadTxn) -> Result<R, E>,
     ) -> Result<R, E> {
         let Some(lg) = &self.log else {
-            let txn = RedbRead::new(self.db.begin_read().map_err(StoreError::from)?);
+            let txn = RedbRead::begin(self.db()?)?;
             return f(&txn);
         };
         // The lock rule: the memtable's read lock first and for the whole read.
         let m = lg.mem.read();
-        let base = Snapshot::new(&self.db);
+        let base = Snapshot::new(self);
         let frozen = m.frozen.as_ref().map_or(&EMPTY, |f| f.table.rows());
         let layers = [m.active.rows(), frozen];
         f(&memtable::Layered::new(&layers, &base))
@@ -963,16 +1140,18 @@ impl MetaStore for RedbStore {
                 (!m.active.is_empty() || m.frozen.is_some())
                     && l.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
             };
-            if due {
+            // The log is synced: the commits are durable. A checkpoint that fails is reported
+            // by `note_checkpoint` and retried later; it does not fail the flush.
+            if due && !self.backing_off() {
                 let _running = lg.checkpointing.lock();
-                self.checkpoint_periodic(lg)?;
+                let _ = self.checkpoint_periodic(lg);
             }
             return Ok(());
         }
         if !self.dirty.swap(false, Ordering::AcqRel) {
             return Ok(());
         }
-        let txn = self.db.begin_write()?;
+        let txn = self.db()?.begin_write()?;
         txn.commit()?;
         Ok(())
     }
@@ -980,13 +1159,19 @@ impl MetaStore for RedbStore {
     /// In logged mode, the copy is of a snapshot taken right after a periodic checkpoint, and
     /// is read holding no lock (see the module doc, "Backups").
     fn backup_to(&self, path: &Path) -> Result<(), StoreError> {
+        // Held while the copy reads it, so that a reopen waits for the copy.
+        let db;
         let src = match &self.log {
             Some(lg) => {
                 let _running = lg.checkpointing.lock();
                 self.checkpoint_periodic(lg)?;
-                self.db.begin_read()?
+                db = self.db()?;
+                db.begin_read()?
             }
-            None => self.db.begin_read()?,
+            None => {
+                db = self.db()?;
+                db.begin_read()?
+            }
         };
         let copy = redb::Database::create(path)?;
         let dst = copy.begin_write()?;
@@ -1040,7 +1225,7 @@ mod tests {
 
     /// What redb alone holds, without the memtable.
     fn in_db(s: &RedbStore) -> String {
-        range(&RedbRead::new(s.db.begin_read().unwrap()), usize::MAX)
+        range(&RedbRead::begin(s.db().unwrap()).unwrap(), usize::MAX)
     }
 
     /// Rows in redb, then a frozen table over them, then the active table over that, then a

@@ -6,6 +6,7 @@ use cairn_meta::keys::{k2, REDO_CHECKPOINT};
 use cairn_meta::redo::RedoLog;
 use cairn_meta::store::{Checkpoint, MetaStore, RedbStore, StoreError, Table};
 use cairn_proto::*;
+use std::fs;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -336,4 +337,41 @@ fn a_full_log_is_checkpointed_and_started_over() {
         Ok::<_, StoreError>(())
     })
     .unwrap();
+}
+
+/// A log that grew past its preallocated size (checkpoints failing meanwhile) is cut back to it
+/// when it starts over, giving the disk its space again; records written after that read back.
+#[test]
+fn a_log_grown_past_its_size_is_cut_back_when_it_starts_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("meta.redo");
+    let (mut log, records) = RedoLog::open(&path).unwrap();
+    assert!(records.is_empty());
+    let payload = vec![7u8; 1 << 20];
+    let mut appended = 0;
+    while fs::metadata(&path).unwrap().len() <= cairn_meta::redo::CAPACITY {
+        log.append(&payload).unwrap();
+        appended += 1;
+    }
+    log.sync().unwrap();
+    assert!(appended >= 64, "{appended} records of 1 MiB");
+    log.restart(log.last_seq() + 1);
+    assert_eq!(
+        fs::metadata(&path).unwrap().len(),
+        cairn_meta::redo::CAPACITY,
+        "the log is cut back to its preallocated size"
+    );
+    let seq = log.append(b"after").unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let (_, records) = RedoLog::open(&path).unwrap();
+    assert_eq!(
+        records.len(),
+        1,
+        "only the record written after the restart"
+    );
+    assert_eq!(
+        (records[0].seq, records[0].payload.as_slice()),
+        (seq, &b"after"[..])
+    );
 }

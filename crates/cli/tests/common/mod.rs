@@ -285,3 +285,45 @@ pub fn force_cleanup(dir: &Path) {
         lazy_unmount(&m);
     }
 }
+
+/// A small tmpfs of a test's own (a disk that can fill up), unmounted when dropped: declare it
+/// before the servers and mounts that use it, so that they are gone first.
+pub struct SmallDisk(pub PathBuf);
+
+impl SmallDisk {
+    pub fn mount(at: &Path, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(at).expect("mkdir");
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .expect("run mount");
+        assert!(out.status.success(), "mount a tmpfs: {out:?}");
+        SmallDisk(at.to_path_buf())
+    }
+
+    /// Writes a file into the disk until it is full; returns it.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).expect("create the filler");
+        for chunk in [1 << 20, 4096] {
+            let buf = vec![7u8; chunk];
+            loop {
+                match f.write(&buf) {
+                    Ok(n) if n == buf.len() => {}
+                    Ok(_) => break,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("fill the disk: {e}"),
+                }
+            }
+        }
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        lazy_unmount(&self.0);
+    }
+}
