@@ -819,10 +819,11 @@ fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
     let failed = log
         .matches("checkpoint of the metadata database failed")
         .count();
-    assert_eq!(
-        failed,
-        1,
-        "one line for the failed checkpoints, not one per commit:\n{}",
+    assert!(
+        (1..=3).contains(&failed),
+        "{failed} lines for the failed checkpoints over {} commits: one per run of failures, \
+         not one per commit:\n{}",
+        kept.len(),
         tail(meta.log(), 20)
     );
     assert!(
