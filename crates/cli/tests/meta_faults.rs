@@ -748,7 +748,9 @@ print(f"{r} {time.monotonic() - t:.3f}", flush=True)
 /// the ones that cannot be kept fail with ENOSPC (not EIO), reads go on, and the server logs the
 /// failed checkpoint once, not once per commit. Once space is back, writes work and checkpoints
 /// resume without a restart (the log says so); after kill -9 and a restart every acknowledged
-/// file and xattr is there.
+/// file and xattr is there. Killed again with changes only in its log, on a disk full again, the
+/// server refuses to start with one line that says to free space, and starts with all of them
+/// once there is.
 #[test]
 fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
     if !require_fuse() {
@@ -858,6 +860,42 @@ fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
             getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
             value(*i),
             "{name} after kill -9 and a restart of the server"
+        );
+    }
+
+    // Killed with changes still only in its log, on a disk that is then full: the start that
+    // must apply them says why it cannot and what to do; once space is back, it starts with all.
+    for i in 5000..5020 {
+        let name = format!("last.{i}");
+        put(&name, i).unwrap_or_else(|e| panic!("{name}: {e}"));
+        kept.push((name, i));
+    }
+    meta.kill();
+    let filler = disk.fill();
+    let addr = format!("127.0.0.1:{}", free_port());
+    let data = disk.0.display().to_string();
+    let out = run_with_timeout(
+        cairn(&[
+            "meta",
+            "serve",
+            "--bind-addr",
+            &addr,
+            "--volume",
+            "vol",
+            "--sync",
+        ])
+        .args(["--data-dir", &data])
+        .env("RUST_BACKTRACE", "0"),
+        FAST,
+    );
+    assert_clean_failure(&out, &["no space left", "free space on that disk"]);
+    fs::remove_file(filler).expect("free the disk");
+    meta.restart();
+    for (name, i) in &kept {
+        assert_eq!(
+            getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
+            value(*i),
+            "{name} after a start refused on a full disk and one with space back"
         );
     }
     assert_no_panics_in(&[meta.log().to_path_buf()]);

@@ -483,7 +483,15 @@ impl MetaServer {
             RedbStore::open_logged(&store_path, &log_path, sync)
         })
         .await?
-        .map_err(|e| anyhow!("{e}"))
+        .map_err(|e| {
+            let hint = if e.is_no_space() {
+                "; free space on that disk and start the server again (nothing acknowledged is \
+                 lost: the redo log holds it)"
+            } else {
+                ""
+            };
+            anyhow!("{e}{hint}")
+        })
         .with_context(|| format!("open metadata database {}", db_path.display()))?;
         let (fs, info) =
             Fs::load(store, cfg.volume.clone()).map_err(|e| anyhow!("{}", e.message))?;

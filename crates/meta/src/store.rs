@@ -102,12 +102,22 @@ impl StoreError {
     pub fn is_no_space(&self) -> bool {
         self.0.starts_with(NO_SPACE)
     }
+
+    /// An error of redb, as it words it; a full disk (its I/O error keeps only the OS's words,
+    /// ENOSPC's "No space left on device") is marked as such.
+    fn from_engine(message: String) -> StoreError {
+        if message.contains("No space left on device") {
+            StoreError(format!("{NO_SPACE}: {message}"))
+        } else {
+            StoreError(message)
+        }
+    }
 }
 
 macro_rules! store_err {
     ($($t:ty),*) => {$(
         impl From<$t> for StoreError {
-            fn from(e: $t) -> Self { StoreError(e.to_string()) }
+            fn from(e: $t) -> Self { StoreError::from_engine(e.to_string()) }
         }
     )*};
 }
