@@ -902,3 +902,44 @@ fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
     drop(mount);
     drop(meta);
 }
+
+/// `cairn meta backup` to a disk too small for the copy fails with one line that says so and
+/// what to do, leaves no partial file there to hold the space, and the server goes on; a backup
+/// to a disk with room then works.
+#[test]
+fn a_backup_to_a_full_disk_fails_cleanly_and_leaves_nothing() {
+    if !require_fuse() {
+        return;
+    }
+    let c = Cluster::local_folder(bin()).meta_args(&["--sync"]).start();
+    let value = vec![b'x'; 3000];
+    for i in 0..1000 {
+        let p = c.join(format!("f{i}"));
+        fs::File::create(&p).expect("create");
+        setxattr(&p, "user.v", &value, 0).expect("setxattr");
+    }
+    let small = SmallDisk::mount(&c.dir().join("small"), "1m");
+    let backup = |to: &Path| {
+        run_with_timeout(
+            cairn(&["meta", "backup", "--meta", &c.meta().addr()])
+                .args(["--volume", c.volume()])
+                .arg("--to")
+                .arg(to)
+                .env("RUST_BACKTRACE", "0"),
+            Duration::from_secs(60),
+        )
+    };
+    let out = backup(&small.0.join("b.redb"));
+    assert_clean_failure(&out, &["no space left", "free space on that disk"]);
+    assert_eq!(
+        list(&small.0),
+        Vec::<String>::new(),
+        "nothing left on the small disk"
+    );
+
+    fs::File::create(c.join("after")).expect("the server goes on");
+    let roomy = c.dir().join("b.redb");
+    backup(&roomy).assert_success();
+    assert!(roomy.is_file(), "the backup with room is written");
+    drop(small);
+}

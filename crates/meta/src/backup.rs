@@ -133,17 +133,28 @@ pub fn backup<S: MetaStore>(fs: &Fs<S>, to: &Path) -> anyhow::Result<VerifyRepor
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let partial = PathBuf::from(format!("{}.partial", to.display()));
     let _ = std::fs::remove_file(&partial);
-    fs.store()
-        .backup_to(&partial)
-        .map_err(|e| anyhow::anyhow!("{e}"))
-        .with_context(|| format!("write {}", partial.display()))?;
-    let report = verify_file(&partial)?;
-    if let Some(first) = report.problems.first() {
+    let written = (|| {
+        fs.store().backup_to(&partial).map_err(|e| {
+            let hint = if e.is_no_space() {
+                ": free space on that disk or write the backup to another"
+            } else {
+                ""
+            };
+            anyhow::anyhow!("write {}: {e}{hint}", partial.display())
+        })?;
+        let report = verify_file(&partial)?;
+        if let Some(first) = report.problems.first() {
+            bail!("the copy is inconsistent ({} problems, first: {first}); run `cairn meta verify` on the server's folder", report.problems.len());
+        }
+        std::fs::rename(&partial, to)
+            .with_context(|| format!("rename {} to {}", partial.display(), to.display()))?;
+        Ok(report)
+    })();
+    if written.is_err() {
+        // A copy cut short (a full disk, most often) would only hold on to the space.
         let _ = std::fs::remove_file(&partial);
-        bail!("the copy is inconsistent ({} problems, first: {first}); run `cairn meta verify` on the server's folder", report.problems.len());
     }
-    std::fs::rename(&partial, to)
-        .with_context(|| format!("rename {} to {}", partial.display(), to.display()))?;
+    let report = written?;
     fsync_dir(dir)?;
     Ok(report)
 }
