@@ -297,3 +297,26 @@ fn version_names_the_commit() {
         }
     }
 }
+
+/// A server whose disk has no room for its redo log (64 MiB, preallocated) fails at once with one
+/// line that says how much it needs, and gives the disk its space back (a new log is left empty);
+/// once there is room, the same folder serves.
+#[test]
+fn meta_serve_on_a_disk_too_small_for_its_log() {
+    let dir = test_dir("meta-small-disk");
+    let disk = SmallDisk::mount(&dir.path().join("disk"), "80m");
+    let filler = disk.0.join("filler");
+    std::fs::write(&filler, vec![7u8; 64 << 20]).expect("write the filler");
+    let data = disk.0.join("meta");
+    let addr = format!("127.0.0.1:{}", free_port());
+    let out = meta_serve(&["--bind-addr", &addr, "--volume", "testvol"], &data);
+    assert_clean_failure(&out, &["redo log", "64 MiB", "free space"]);
+    let len = std::fs::metadata(data.join("meta.redo")).map_or(0, |m| m.len());
+    assert_eq!(len, 0, "the log's preallocation is undone");
+    std::fs::remove_file(&filler).expect("free the disk");
+    let mut server = MetaServer::start(&bin(), &data, "testvol", &[]);
+    assert!(server.is_running());
+    server.stop();
+    drop(server);
+    drop(disk);
+}

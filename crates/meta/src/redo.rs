@@ -53,8 +53,13 @@ impl RedoLog {
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)?;
         let records = parse(&bytes);
-        if (bytes.len() as u64) < CAPACITY {
-            preallocate(&file, bytes.len() as u64)?;
+        let len = bytes.len() as u64;
+        if len < CAPACITY {
+            if let Err(e) = preallocate(&file, len) {
+                // The disk gets its space back; the next open preallocates again.
+                let _ = file.set_len(len);
+                return Err(e);
+            }
         }
         file.seek(SeekFrom::Start(0))?;
         let log = RedoLog {
