@@ -45,11 +45,12 @@
 //! Only one checkpoint runs at a time. If its redb commit fails, the memtable keeps the data
 //! (`frozen` stays readable and is applied again by the next checkpoint) and the log keeps the
 //! records, so nothing is lost. A failed write leaves redb refusing every later one (and some
-//! reads) until the database is closed and opened again, so the failed checkpoint does that at
-//! once, or, while a read holds the database, its next user does (at most every second).
-//! Checkpoints are then retried after 1 s, doubling to 30 s, not at every commit; the first failure is logged with its reason, and the recovery once. Meanwhile the
-//! log grows past its preallocated size and the memtable with it: a disk that stays full ends
-//! in commits failing with the log's own ENOSPC, and the acknowledged ones are all in the log.
+//! reads) until the database is closed and opened again, so the failed checkpoint does that at once
+//! (after the reads under way, waited for up to 100 ms), or else its next user does (at most every
+//! second). Checkpoints are then retried after 1 s, doubling to 30 s, not at every commit; the
+//! first failure is logged with its reason, and the recovery once. Meanwhile the log grows past its
+//! preallocated size and the memtable with it: a disk that stays full ends in commits failing with
+//! the log's own ENOSPC, and the acknowledged ones are all in the log.
 //!
 //! **Lock rule.** A reader takes the memtable's read lock *first*, then begins its redb read
 //! transaction, and holds the lock for its whole read; a checkpoint removes `frozen` only under
@@ -314,6 +315,8 @@ struct Failing {
 
 /// Least time between two tries to open the database again after a failed write.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// How long a reopen waits for the reads under way to end.
+const REOPEN_DRAIN: Duration = Duration::from_millis(100);
 
 /// First and longest wait between failed checkpoints.
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -519,6 +522,14 @@ impl RedbStore {
             }
             *last = Some(Instant::now());
         }
+        // The write lock keeps new reads from taking the database: the reads under way end in
+        // microseconds, so wait for them a little (a backup's copy holds it far longer: then
+        // the next try). Without the wait, a busy server could always have one under way.
+        let drained = Instant::now() + REOPEN_DRAIN;
+        while slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) && Instant::now() < drained
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if slot.as_ref().is_some_and(|db| Arc::strong_count(db) > 1) {
             return Err(StoreError(
                 "the database must be opened again after a failed write, and a read still holds \
@@ -667,7 +678,10 @@ impl RedbStore {
             writes: Writes::new(),
         };
         let out = f(&mut w)?;
-        let writes = w.writes;
+        // The rest of `w` goes now: its read of redb must not outlive the commit (a checkpoint
+        // this commit runs may have to open the database again, which waits for every read).
+        let LoggedWrite { writes, base, .. } = w;
+        drop(base);
         if writes.is_empty() {
             return Ok(out);
         }
