@@ -853,15 +853,19 @@ fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    // Every file acknowledged so far, with its xattr.
+    let check_kept = |kept: &[(String, usize)], when: &str| {
+        for (name, i) in kept {
+            assert_eq!(
+                getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
+                value(*i),
+                "{name} {when}"
+            );
+        }
+    };
     meta.kill();
     meta.restart();
-    for (name, i) in &kept {
-        assert_eq!(
-            getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
-            value(*i),
-            "{name} after kill -9 and a restart of the server"
-        );
-    }
+    check_kept(&kept, "after kill -9 and a restart of the server");
 
     // Killed with changes still only in its log, on a disk that is then full: the start that
     // must apply them says why it cannot and what to do; once space is back, it starts with all.
@@ -891,13 +895,10 @@ fn a_full_metadata_disk_refuses_with_enospc_and_recovers_without_a_restart() {
     assert_clean_failure(&out, &["no space left", "free space on that disk"]);
     fs::remove_file(filler).expect("free the disk");
     meta.restart();
-    for (name, i) in &kept {
-        assert_eq!(
-            getxattr(&mp.join(name), "user.v").unwrap_or_else(|e| panic!("{name}: {e}")),
-            value(*i),
-            "{name} after a start refused on a full disk and one with space back"
-        );
-    }
+    check_kept(
+        &kept,
+        "after a start refused on a full disk and one with space back",
+    );
     assert_no_panics_in(&[meta.log().to_path_buf()]);
     drop(mount);
     drop(meta);

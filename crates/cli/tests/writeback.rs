@@ -82,6 +82,21 @@ fn write_model(path: &Path, seed: u64, len: u64) -> Vec<u8> {
     model
 }
 
+/// A second mount of the cluster's volume at `c.dir()/name`, with no disk cache: it reads only
+/// what reached the bucket.
+fn mount_without_cache(c: &Cluster, name: &str) -> Mount {
+    let mp = c.dir().join(name);
+    fs::create_dir(&mp).expect("mkdir");
+    Mount::start_with(
+        c.bin(),
+        c.volume(),
+        &mp,
+        &c.meta().addr(),
+        c.store_args(),
+        &["--no-disk-cache"],
+    )
+}
+
 /// Files of the writeback folder of a disk cache: blocks not uploaded yet.
 fn staged(cache: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -159,16 +174,7 @@ fn writeback_survives_store_outage_and_mount_kill9() {
         "after kill -9 and a restart with the same cache",
     );
 
-    let plain_mp = c.dir().join("plain");
-    fs::create_dir(&plain_mp).expect("mkdir");
-    let plain = Mount::start_with(
-        c.bin(),
-        c.volume(),
-        &plain_mp,
-        &c.meta().addr(),
-        c.store_args(),
-        &["--no-disk-cache"],
-    );
+    let plain = mount_without_cache(&c, "plain");
     check_files(plain.path(), &hashes, "through a mount without the cache");
     drop(plain);
 }
@@ -313,16 +319,7 @@ fn a_mount_has_a_default_disk_cache_unless_told_otherwise() {
     assert_file(&second.join("f"), len, &h, "through a second mount");
     drop(second);
 
-    let mp = c.dir().join("no-cache");
-    fs::create_dir(&mp).expect("mkdir");
-    let plain = Mount::start_with(
-        c.bin(),
-        c.volume(),
-        &mp,
-        &c.meta().addr(),
-        c.store_args(),
-        &["--no-disk-cache"],
-    );
+    let plain = mount_without_cache(&c, "no-cache");
     assert_file(
         &plain.join("f"),
         len,
@@ -588,16 +585,7 @@ fn a_full_cache_disk_sends_blocks_straight_to_the_store() {
             )
         });
     }
-    let plain_mp = c.dir().join("plain");
-    fs::create_dir(&plain_mp).expect("mkdir");
-    let plain = Mount::start_with(
-        c.bin(),
-        c.volume(),
-        &plain_mp,
-        &c.meta().addr(),
-        c.store_args(),
-        &["--no-disk-cache"],
-    );
+    let plain = mount_without_cache(&c, "plain");
     for (name, len, hash) in &hashes {
         assert_file(
             &plain.path().join(name),

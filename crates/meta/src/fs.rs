@@ -16,12 +16,17 @@ pub type FsResult<T> = Result<T, RpcError>;
 
 impl From<StoreError> for RpcError {
     fn from(e: StoreError) -> Self {
-        let code = if e.is_no_space() {
-            ErrorCode::NoSpace
-        } else {
-            ErrorCode::Io
-        };
-        RpcError::new(code, e.0)
+        RpcError::new(store_error_code(&e), e.0)
+    }
+}
+
+/// What a client is told of a failure of the store: ENOSPC for a full disk (the user can act on
+/// it), EIO for the rest.
+pub fn store_error_code(e: &StoreError) -> ErrorCode {
+    if e.is_no_space() {
+        ErrorCode::NoSpace
+    } else {
+        ErrorCode::Io
     }
 }
 

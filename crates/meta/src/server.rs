@@ -342,11 +342,7 @@ impl Commits {
                 // Its deletions of answers did not happen: scan from 0 again.
                 *pruned = Pruned::default();
                 warn!("commit of {} metadata changes failed: {e}", batch.len());
-                let code = if e.is_no_space() {
-                    ErrorCode::NoSpace
-                } else {
-                    ErrorCode::Io
-                };
+                let code = crate::fs::store_error_code(&e);
                 for job in batch {
                     job.reply
                         .send(Err(RpcError::new(code, format!("commit failed: {e}"))));
